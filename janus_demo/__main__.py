@@ -1,0 +1,100 @@
+"""Command line for quick looks without the UI.
+
+    python -m janus_demo generate "a prompt" -n 4 --seed 1 --out DIR
+    python -m janus_demo ask IMAGE "question"
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from .errors import JanusError
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=None, help="Hub id, local folder, tiny-random or random:<preset>")
+    parser.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: CUDA if present)")
+    parser.add_argument("--dtype", default=None, help="LLM dtype: bf16, fp16 or fp32 (default: automatic)")
+    parser.add_argument("--seed", type=int, default=None, help="fixed seed for reproducible output")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only errors on stderr")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m janus_demo", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    gen = commands.add_parser("generate", help="draw images from a prompt and save PNGs")
+    gen.add_argument("prompt")
+    gen.add_argument("-n", "--num-images", type=int, default=4)
+    gen.add_argument("--cfg", type=float, default=5.0, help="classifier-free guidance scale (1 = off)")
+    gen.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+    gen.add_argument("--negative", default=None, help="negative prompt for the unconditional rows")
+    gen.add_argument("--out", default="outputs", help="folder for the PNGs (created if missing)")
+    _common(gen)
+
+    ask = commands.add_parser("ask", help="ask a question about an image; the answer streams")
+    ask.add_argument("image")
+    ask.add_argument("question")
+    ask.add_argument("--temperature", type=float, default=0.1, help="0 = greedy")
+    ask.add_argument("--top-p", type=float, default=0.95)
+    ask.add_argument("--max-new-tokens", type=int, default=512)
+    _common(ask)
+    return parser
+
+
+def run_generate(engine, args) -> None:
+    from tqdm import tqdm
+
+    with tqdm(total=engine.generator.num_tokens, unit="tok", desc="Drawing", file=sys.stderr, disable=args.quiet) as bar:
+
+        def on_progress(step: int, total: int, preview) -> None:
+            bar.update(step - bar.n)
+
+        result = engine.generate_images(
+            args.prompt,
+            num_images=args.num_images,
+            cfg_scale=args.cfg,
+            temperature=args.temperature,
+            seed=args.seed,
+            negative_prompt=args.negative,
+            on_progress=on_progress,
+        )
+    for path in result.save(args.out):
+        print(path)
+
+
+def run_ask(engine, args) -> None:
+    from .images import open_image
+
+    messages = [{"role": "user", "content": [{"type": "image", "image": open_image(args.image)},
+                                             {"type": "text", "text": args.question}]}]
+    stream = engine.chat(
+        messages, temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens, seed=args.seed
+    )
+    for piece in stream:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.ERROR if args.quiet else logging.INFO, format="%(message)s")
+    from .loading import load_engine
+
+    try:
+        engine = load_engine(args.model, device=args.device, dtype=args.dtype)
+        (run_generate if args.command == "generate" else run_ask)(engine, args)
+    except JanusError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,235 @@
+"""Image understanding: chat messages in, the answer's text out piece by piece.
+
+Prompts are built exactly as the Hub processor builds them (default system prompt, chat
+template, 576 placeholders per image) so greedy answers equal `model.generate` on
+`processor.apply_chat_template(...)`. Sampling uses a per-request generator instead of the
+global RNG, so a seed gives the same answer even while other users are being served.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import secrets
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from queue import Queue
+from threading import Event, Thread
+
+import torch
+from PIL import Image
+from transformers import GenerationMixin, LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+from transformers.generation.streamers import BaseStreamer
+from transformers.models.janus.processing_janus import DEFAULT_SYSTEM_PROMPT
+
+from .errors import InputError
+from .cancellation import CancelCheck, as_cancel_check
+from .images import open_image, to_rgb
+from .prompts import control_tokens, neutralize
+from .sampling import choose_tokens
+from .validation import MAX_SEED, check_int, check_number
+
+ROLES = ("system", "user", "assistant")
+
+
+@dataclass(frozen=True)
+class ChatSettings:
+    """Sampling settings of one answer; validated on creation."""
+
+    temperature: float = 0.1
+    top_p: float = 0.95
+    max_new_tokens: int = 512
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        checked = {
+            "temperature": check_number("temperature", self.temperature, 0.0, 100.0),
+            "top_p": check_number("top_p", self.top_p, 0.0, 1.0, low_open=True),
+            "max_new_tokens": check_int("max_new_tokens", self.max_new_tokens, 1),
+            "seed": None if self.seed is None else check_int("seed", self.seed, 0, MAX_SEED),
+        }
+        for name, value in checked.items():
+            object.__setattr__(self, name, value)
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """Messages in the template's shape, the images they reference, and the system prompt."""
+
+    messages: list[dict]
+    images: list[Image.Image]
+    system_prompt: str
+
+
+def _content_parts(content) -> list[Mapping]:
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}]
+    if isinstance(content, Mapping):
+        return [content]
+    if isinstance(content, Iterable):
+        return list(content)
+    raise InputError("Each message's content must be text or a list of text and image parts.")
+
+
+def _image_of(part: Mapping) -> Image.Image:
+    source = part.get("image", part.get("path"))
+    if isinstance(source, (str, os.PathLike, bytes)):
+        source = open_image(source)
+    if not isinstance(source, Image.Image):
+        raise InputError("An image part must hold a PIL image (or a file path) under 'image'.")
+    return to_rgb(source)
+
+
+def normalize_conversation(messages, tokens: tuple[str, ...], default_system_prompt: str) -> Conversation:
+    """Check roles and parts, defuse control tokens in text, and collect images in order."""
+    if isinstance(messages, Mapping) or not isinstance(messages, Iterable) or isinstance(messages, str):
+        raise InputError("messages must be a list of {'role': ..., 'content': ...} dicts.")
+    out: list[dict] = []
+    images: list[Image.Image] = []
+    system_prompt = default_system_prompt
+    for index, message in enumerate(messages):
+        if not isinstance(message, Mapping) or message.get("role") not in ROLES:
+            raise InputError(f"Message {index + 1} needs a role of 'user', 'assistant' or 'system'.")
+        parts = []
+        for part in _content_parts(message.get("content", "")):
+            kind = part.get("type") if isinstance(part, Mapping) else None
+            if kind == "text":
+                if not isinstance(part.get("text"), str):
+                    raise InputError(f"Message {index + 1} has a text part without text.")
+                parts.append({"type": "text", "text": neutralize(part["text"], tokens)})
+            elif kind == "image":
+                images.append(_image_of(part))
+                parts.append({"type": "image"})
+            else:
+                raise InputError(f"Message {index + 1} has a part of unknown type {kind!r}; use 'text' or 'image'.")
+        if message["role"] == "system":
+            if out:
+                raise InputError("A system message may only come first.")
+            text = " ".join(p["text"] for p in parts if p["type"] == "text").strip()
+            system_prompt = f"{text}\n\n" if text else ""
+            continue
+        if not parts:
+            parts = [{"type": "text", "text": ""}]
+        out.append({"role": message["role"], "content": parts})
+    if not out or out[-1]["role"] != "user":
+        raise InputError("The conversation must end with a user message.")
+    if not any(p["type"] == "image" or p["text"].strip() for p in out[-1]["content"]):
+        raise InputError("Ask a question or attach an image.")
+    return Conversation(out, images, system_prompt)
+
+
+class _TokenQueue(BaseStreamer):
+    """Receives new token ids from `generate` (the prompt is skipped); None marks the end."""
+
+    def __init__(self) -> None:
+        self.queue: Queue[list[int] | None] = Queue()
+        self._prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self._prompt_seen:
+            self._prompt_seen = True
+            return
+        self.queue.put(value.reshape(-1).tolist())
+
+    def end(self) -> None:
+        self.queue.put(None)
+
+
+class _StopWhen(StoppingCriteria):
+    def __init__(self, check) -> None:
+        self.check = check
+
+    def __call__(self, input_ids, scores, **kwargs) -> torch.Tensor:
+        return torch.full((input_ids.shape[0],), self.check(), dtype=torch.bool, device=input_ids.device)
+
+
+class _SeededSampler(LogitsProcessor):
+    """Samples with its own generator, then leaves only the pick for greedy search to take."""
+
+    def __init__(self, settings: ChatSettings, seed: int) -> None:
+        self.settings = settings
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __call__(self, input_ids, scores: torch.Tensor) -> torch.Tensor:
+        uniforms = torch.rand(scores.shape[0], generator=self.generator)
+        picked = choose_tokens(scores, uniforms, temperature=self.settings.temperature, top_p=self.settings.top_p)
+        out = torch.full_like(scores, float("-inf"))
+        return out.scatter_(1, picked.unsqueeze(-1), 0.0)
+
+
+class ChatResponder:
+    """Answers conversations about images with one loaded model."""
+
+    def __init__(self, model, processor) -> None:
+        self.model = model
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.control_tokens = control_tokens(self.tokenizer)
+        self.default_system_prompt = DEFAULT_SYSTEM_PROMPT if processor.use_default_system_prompt else ""
+        self._raw_processor = copy.copy(processor)  # we prepend the system prompt ourselves
+        self._raw_processor.use_default_system_prompt = False
+
+    def inputs(self, messages) -> dict:
+        """Model inputs for `messages`: the same as the Hub processor's apply_chat_template."""
+        conversation = normalize_conversation(messages, self.control_tokens, self.default_system_prompt)
+        text = self.processor.apply_chat_template(conversation.messages, add_generation_prompt=True)
+        batch = self._raw_processor(
+            text=conversation.system_prompt + text, images=conversation.images or None, return_tensors="pt"
+        )
+        vision_dtype = self.model.model.vision_model.dtype
+        return {
+            k: v.to(self.model.device, dtype=vision_dtype if k == "pixel_values" else None) for k, v in batch.items()
+        }
+
+    def stream(self, inputs: dict, settings: ChatSettings, *, cancel: CancelCheck = None) -> Iterator[str]:
+        """Yield the answer to `inputs` (from `inputs()`) as text pieces; stopping early keeps what was said."""
+        is_cancelled = as_cancel_check(cancel)
+        closed = Event()
+        streamer = _TokenQueue()
+        processors = LogitsProcessorList()
+        if settings.temperature > 0:
+            seed = settings.seed if settings.seed is not None else secrets.randbelow(MAX_SEED + 1)
+            processors.append(_SeededSampler(settings, seed))
+        failure: list[BaseException] = []
+
+        def work() -> None:
+            try:
+                with torch.inference_mode():
+                    # Janus' own generate() drops `logits_processor` in text mode (transformers
+                    # 5.24), so call the mixin it delegates to, with CFG off as it does.
+                    GenerationMixin.generate(
+                        self.model,
+                        **inputs,
+                        guidance_scale=None,
+                        max_new_tokens=settings.max_new_tokens,
+                        do_sample=False,
+                        streamer=streamer,
+                        logits_processor=processors,
+                        stopping_criteria=StoppingCriteriaList([_StopWhen(lambda: closed.is_set() or is_cancelled())]),
+                    )
+            except BaseException as exc:  # surfaced in the caller's thread below
+                failure.append(exc)
+            finally:
+                streamer.end()
+
+        thread = Thread(target=work, name="janus-chat", daemon=True)
+        thread.start()
+        ids: list[int] = []
+        sent = 0
+        try:
+            while (new := streamer.queue.get()) is not None:
+                ids += new
+                text = self.tokenizer.decode(ids, skip_special_tokens=True)
+                if text.endswith("\ufffd"):  # a multi-byte character is still incomplete
+                    continue
+                if len(text) > sent:
+                    yield text[sent:]
+                    sent = len(text)
+            text = self.tokenizer.decode(ids, skip_special_tokens=True)
+            if len(text) > sent:
+                yield text[sent:]
+        finally:
+            closed.set()
+            thread.join()
+        if failure:
+            raise failure[0]

@@ -1,0 +1,58 @@
+"""How the next token is picked, shared by the image loop and seeded chat.
+
+Sampling is inverse-CDF with uniforms drawn from a per-image (or per-request) generator
+rather than `torch.multinomial` on the global RNG stream. That makes a seed reproduce the
+same tokens whether an image is generated alone, in a batch of 16, in memory-sized chunks,
+or next to another user's request, and it keeps RNG calls out of the decode loop.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
+    """Mask everything outside the top-k / nucleus with -inf (same rules as transformers' warpers)."""
+    if top_k is not None and 0 < top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1)
+        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        drop = cumulative <= (1 - top_p)
+        drop[..., -1] = False  # always keep the most likely token
+        logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
+    return logits
+
+
+def choose_tokens(
+    logits: torch.Tensor,
+    uniforms: torch.Tensor | None,
+    *,
+    temperature: float,
+    top_k: int | None = None,
+    top_p: float | None = None,
+) -> torch.Tensor:
+    """Pick one token per row: argmax when `temperature == 0`, else the uniform's inverse CDF.
+
+    `logits` is (rows, vocab); `uniforms` is (rows,) in [0, 1). Probabilities are computed in
+    float32 whatever the model dtype, so the CDF of a 16384-entry codebook stays accurate.
+    """
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    scaled = filter_logits(logits.float() / temperature, top_k, top_p)
+    cdf = scaled.softmax(dim=-1).cumsum(dim=-1)
+    targets = (uniforms.to(cdf) * cdf[:, -1]).unsqueeze(-1)
+    picked = torch.searchsorted(cdf, targets, right=True).squeeze(-1)
+    return picked.clamp_(max=logits.shape[-1] - 1)
+
+
+def image_seed(seed: int, index: int) -> int:
+    """Image `index` of a request seeded `seed` is the single image of a request seeded seed+index."""
+    return seed + index
+
+
+def image_uniforms(seed: int, index: int, steps: int) -> torch.Tensor:
+    """The `steps` uniforms image `index` consumes, drawn up front on the CPU (device-independent)."""
+    generator = torch.Generator().manual_seed(image_seed(seed, index))
+    return torch.rand(steps, generator=generator)
