@@ -28,7 +28,7 @@ from .cancellation import CancelCheck, as_cancel_check
 from .errors import Cancelled, InputError
 from .images import NEUTRAL_GRAY, decoded_to_images, save_png
 from .prompts import control_tokens, neutralize
-from .sampling import choose_tokens, image_seed, image_uniforms
+from .sampling import choose_tokens, image_uniforms
 from .validation import MAX_SEED, check_int, check_number
 
 
@@ -83,8 +83,8 @@ class GenerationResult:
     params: dict = field(default_factory=dict)
 
     def image_params(self, index: int) -> dict:
-        """What regenerates image `index` alone: its own seed with num_images=1."""
-        return {**self.params, "image_index": index, "image_seed": image_seed(self.seed, index)}
+        """What goes into image `index`'s PNG: the request (which regenerates it) and the index."""
+        return {**self.params, "image_index": index}
 
     def save(self, folder: str | Path, stem: str = "janus") -> list[Path]:
         folder = Path(folder)
@@ -223,6 +223,7 @@ class ImageGenerator:
         finally:
             del cache, embeds
 
+    @torch.inference_mode()
     def decode(self, tokens: torch.Tensor, batch: int = 4) -> list[Image.Image]:
         """Full VQ decode, a few images at a time to bound activation memory."""
         images: list[Image.Image] = []
@@ -230,6 +231,7 @@ class ImageGenerator:
             images += decoded_to_images(self.model.decode_image_tokens(chunk))
         return images
 
+    @torch.inference_mode()
     def preview(self, tokens: torch.Tensor) -> list[Image.Image]:
         """Decode only the finished rows (the decoder is convolutional) onto a gray canvas."""
         vq = self.model.model.vqmodel

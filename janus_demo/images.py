@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -22,12 +23,14 @@ _HIGH_DEPTH_MODES = {"I", "F", "I;16", "I;16B", "I;16L", "I;16N"}
 def open_image(source: str | os.PathLike | bytes | io.IOBase, *, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Open and fully decode an image file, refusing bombs and damaged files with a clear message."""
     try:
-        image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
     except FileNotFoundError as exc:
         raise InputError(f"There is no image file at {source}.") from exc
     except (UnidentifiedImageError, ValueError) as exc:
         raise InputError("That file is not an image Pillow can read; upload a PNG, JPEG, WebP or GIF.") from exc
-    except Image.DecompressionBombError as exc:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise InputError(f"That image is too large; the limit is {max_pixels // 1_000_000} megapixels.") from exc
     except OSError as exc:
         raise InputError("The image could not be opened; check the file and try again.") from exc

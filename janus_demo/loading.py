@@ -90,18 +90,20 @@ def pick_precision(device: torch.device, dtype: str | torch.dtype | None = None)
 
 def default_model(device: torch.device) -> str:
     """Janus-Pro-7B on a GPU with room for it, else Janus-Pro-1B; logs the reason."""
-    if device.type != "cuda":
-        logger.info("Model: %s (no GPU, so the smaller model)", JANUS_PRO_1B)
-        return JANUS_PRO_1B
-    free, _ = torch.cuda.mem_get_info(device)
-    if free >= MIN_FREE_BYTES_FOR_7B:
-        logger.info("Model: %s (%.0f GiB free on %s)", JANUS_PRO_7B, free / 2**30, device)
-        return JANUS_PRO_7B
-    logger.info(
-        "Model: %s (only %.0f GiB free on %s; the 7B model needs %d GiB)",
-        JANUS_PRO_1B, free / 2**30, device, MIN_FREE_BYTES_FOR_7B // 2**30,
-    )
-    return JANUS_PRO_1B
+    free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
+    name, reason = model_for(free)
+    logger.info("Model: %s (%s)", name, reason)
+    return name
+
+
+def model_for(free_bytes: int | None) -> tuple[str, str]:
+    """The default checkpoint for a device with `free_bytes` of memory (None: no GPU), and why."""
+    if free_bytes is None:
+        return JANUS_PRO_1B, "no GPU, so the smaller model"
+    gib = free_bytes / 2**30
+    if free_bytes >= MIN_FREE_BYTES_FOR_7B:
+        return JANUS_PRO_7B, f"{gib:.0f} GiB free on the GPU"
+    return JANUS_PRO_1B, f"only {gib:.0f} GiB free on the GPU; the 7B model needs {MIN_FREE_BYTES_FOR_7B // 2**30} GiB"
 
 
 def canonical_name(model: str) -> str:
@@ -120,6 +122,7 @@ def download(repo_id: str) -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (
         GatedRepoError,
+        HfHubHTTPError,
         HFValidationError,
         LocalEntryNotFoundError,
         RepositoryNotFoundError,
@@ -138,6 +141,11 @@ def download(repo_id: str) -> Path:
     except HFValidationError as exc:
         raise LoadError(f"{repo_id!r} is neither an existing folder nor a Hub id like {JANUS_PRO_1B}.") from exc
     except LocalEntryNotFoundError as exc:
+        if isinstance(exc.__cause__, HfHubHTTPError):  # the Hub answered, but with an error
+            raise LoadError(
+                f"The Hugging Face Hub could not serve {repo_id} right now ({exc.__cause__.response.status_code}); "
+                "try again later or pass a local checkpoint folder."
+            ) from exc
         raise LoadError(
             f"Could not download {repo_id}: there is no network connection to the Hugging Face Hub and no cached "
             f"copy; connect to the internet, pass a local checkpoint folder, or use --model {TINY_RANDOM} offline."
@@ -224,7 +232,7 @@ def load_model(name: str, device: torch.device, precision: Precision):
             # Load on the CPU, then move: no accelerate needed, and ZeroGPU expects `.to("cuda")`.
             model = JanusForConditionalGeneration.from_pretrained(folder, dtype=precision.llm).to(device)
             processor = AutoProcessor.from_pretrained(folder)
-        return apply_precision(model, precision).eval(), processor
+        return apply_precision(model, precision).eval().requires_grad_(False), processor
     except (torch.OutOfMemoryError, MemoryError) as exc:
         raise _memory_error(name, device) from exc
     except RuntimeError as exc:

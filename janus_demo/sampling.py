@@ -47,12 +47,13 @@ def choose_tokens(
     return picked.clamp_(max=logits.shape[-1] - 1)
 
 
-def image_seed(seed: int, index: int) -> int:
-    """Image `index` of a request seeded `seed` is the single image of a request seeded seed+index."""
-    return seed + index
-
-
 def image_uniforms(seed: int, index: int, steps: int) -> torch.Tensor:
-    """The `steps` uniforms image `index` consumes, drawn up front on the CPU (device-independent)."""
-    generator = torch.Generator().manual_seed(image_seed(seed, index))
+    """The `steps` uniforms image `index` consumes, drawn up front on the CPU (device-independent).
+
+    Image i of seed s draws what image 0 of seed s+i draws, so batches and chunks of a request
+    sample alike. Tokens are then identical wherever the model's float results are; changing
+    the number of rows can change matmul rounding (~1e-6 in fp32), which flips a draw only when
+    a uniform lands on a CDF boundary.
+    """
+    generator = torch.Generator().manual_seed(seed + index)
     return torch.rand(steps, generator=generator)

@@ -1,0 +1,47 @@
+"""The command line: PNGs with their parameters, a streamed answer, and plain-language errors."""
+
+from __future__ import annotations
+
+from PIL import Image
+
+from janus_demo.images import read_png_params
+
+
+def test_generate_writes_pngs_with_metadata_and_shows_progress(cli, tmp_path):
+    run = cli("generate", "a red cat", "-n", "2", "--seed", "1", "--out", str(tmp_path), "--model", "tiny-random")
+    assert run.returncode == 0, run.stderr
+    paths = run.stdout.split()
+    assert [p.rsplit("/", 1)[-1] for p in paths] == ["janus_1_0.png", "janus_1_1.png"]
+    assert "576/576" in run.stderr  # the progress bar reached the end
+    with Image.open(paths[0]) as image:
+        assert image.size == (384, 384) and image.format == "PNG"
+    params = read_png_params(paths[1])
+    assert params["prompt"] == "a red cat" and params["seed"] == 1
+    assert params["cfg_scale"] == 5.0 and params["temperature"] == 1.0
+    assert params["model"] == "random:tiny" and params["image_index"] == 1
+
+
+def test_same_seed_same_pngs(cli, tmp_path):
+    for out in ("a", "b"):
+        run = cli("generate", "x", "-n", "1", "--seed", "7", "--out", str(tmp_path / out), "--model", "tiny-random", "-q")
+        assert run.returncode == 0, run.stderr
+    with Image.open(tmp_path / "a" / "janus_7_0.png") as a, Image.open(tmp_path / "b" / "janus_7_0.png") as b:
+        assert a.tobytes() == b.tobytes()
+
+
+def test_ask_streams_an_answer(cli, tmp_path):
+    image = tmp_path / "scene.png"
+    Image.new("RGB", (320, 240), (10, 120, 200)).save(image)
+    run = cli("ask", str(image), "What is in this picture?", "--model", "tiny-random", "--max-new-tokens", "12",
+              "--temperature", "0")
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip()
+
+
+def test_errors_are_one_sentence(cli, tmp_path):
+    run = cli("ask", str(tmp_path / "missing.png"), "q", "--model", "tiny-random")
+    assert run.returncode == 1 and "error: There is no image file at" in run.stderr
+    assert "Traceback" not in run.stderr
+    run = cli("generate", "x", "-n", "0", "--model", "tiny-random")
+    assert run.returncode == 1 and "error: num_images must be a whole number" in run.stderr
+    assert "Traceback" not in run.stderr

@@ -1,0 +1,293 @@
+"""Text-to-image: proven equal to transformers' generate and to the original algorithm."""
+
+from __future__ import annotations
+
+import gc
+import threading
+import weakref
+
+import pytest
+import torch
+from transformers import DynamicCache, StaticCache
+
+from janus_demo import Cancelled, GenerationResult, InputError
+from janus_demo.images import read_png_params
+
+
+def reference_prompt_inputs(engine, prompt: str):
+    """Inputs the way transformers' docs build them for image generation."""
+    processor = engine.processor
+    conversation = [{"role": "user", "content": [{"type": "text", "text": prompt}]}]
+    text = processor.apply_chat_template(conversation, add_generation_prompt=True)
+    return processor(text=text, generation_mode="image", return_tensors="pt")
+
+
+@pytest.mark.parametrize(
+    ("prompt", "num_images", "cfg_scale"),
+    [("a red cat", 1, 5.0), ("a red cat", 3, 5.0), ("two dogs on a big boat at night", 2, 2.5)],
+)
+def test_greedy_tokens_equal_transformers_generate(engine, prompt, num_images, cfg_scale):
+    inputs = reference_prompt_inputs(engine, prompt)
+    # generate() refuses greedy with num_return_sequences > 1, so repeat the prompt instead.
+    expected = engine.model.generate(
+        input_ids=inputs.input_ids.repeat(num_images, 1),
+        attention_mask=inputs.attention_mask.repeat(num_images, 1),
+        generation_mode="image",
+        do_sample=False,
+        guidance_scale=cfg_scale,
+    )
+    result = engine.generate_images(prompt, num_images=num_images, cfg_scale=cfg_scale, temperature=0, seed=0)
+    assert result.tokens.shape == (num_images, 576)
+    assert result.tokens.dtype == torch.long
+    assert torch.equal(result.tokens, expected)
+
+
+def original_algorithm_picks(model, prompt_ids, tokens, *, pad_id, cfg_scale, temperature, seed):
+    """DeepSeek's generation script, transcribed: interleaved cond/uncond rows, a dynamic KV
+    cache, softmax(logits / T). Only the draw differs from torch.multinomial: image i takes
+    the inverse CDF of uniforms from its own generator seeded seed + i (see sampling.py).
+    `cfg_scale=None` keeps only the conditional rows (what cfg 1 means).
+
+    It is teacher-forced with `tokens` (the engine's output) and returns, for every step and
+    image, its own pick and how far the uniform fell from the nearest CDF boundary. Row order
+    and cache layout change float rounding by ~1e-6, which may flip a draw that lands on a
+    boundary; forcing keeps such a flip from cascading, and the margin shows it was one.
+    """
+    num_images = tokens.shape[0]
+    rows_per_image = 1 if cfg_scale is None else 2
+    rows = prompt_ids.repeat(num_images * rows_per_image, 1)
+    if cfg_scale is not None:
+        rows[1::2, 1:-1] = pad_id
+    embeds = model.get_input_embeddings()(rows)
+    uniforms = [torch.rand(576, generator=torch.Generator().manual_seed(seed + i)) for i in range(num_images)]
+    uniforms = torch.stack(uniforms)
+    picks = torch.zeros((num_images, 576), dtype=torch.long)
+    margins = torch.zeros((num_images, 576))
+    cache = DynamicCache(config=model.config.text_config)
+    for step in range(576):
+        hidden = model.model.language_model(inputs_embeds=embeds, cache=cache, use_cache=True).last_hidden_state
+        logits = model.model.generation_head(hidden[:, -1, :])
+        if cfg_scale is not None:
+            cond, uncond = logits[0::2], logits[1::2]
+            logits = uncond + cfg_scale * (cond - uncond)
+        probs = torch.softmax(logits / temperature, dim=-1)
+        cdf = probs.cumsum(dim=-1)
+        target = uniforms[:, step : step + 1] * cdf[:, -1:]
+        picks[:, step] = (cdf <= target).sum(dim=-1)
+        margins[:, step] = (cdf - target).abs().min(dim=-1).values
+        forced = tokens[:, step].repeat_interleave(rows_per_image).unsqueeze(1)
+        embeds = model.prepare_embeddings_for_image_generation(forced)
+    return picks, margins
+
+
+def assert_same_draws(result_tokens, picks, margins):
+    differ = result_tokens != picks
+    assert differ.sum() <= 2, f"{int(differ.sum())} draws differ"
+    assert bool((margins[differ] < 1e-5).all()), "a differing draw was not a float-rounding tie"
+    assert len(set(result_tokens[0].tolist())) > 100  # really sampled, not a constant
+
+
+@pytest.mark.parametrize(("num_images", "cfg_scale", "temperature"), [(2, 5.0, 1.0), (3, 3.0, 0.7), (2, None, 1.0)])
+def test_seeded_sampling_equals_original_algorithm(engine, num_images, cfg_scale, temperature):
+    prompt = "a lighthouse on a cliff, watercolor"
+    result = engine.generate_images(
+        prompt, num_images=num_images, cfg_scale=cfg_scale or 1.0, temperature=temperature, seed=11
+    )
+    with torch.inference_mode():
+        picks, margins = original_algorithm_picks(
+            engine.model,
+            reference_prompt_inputs(engine, prompt).input_ids[0],
+            result.tokens,
+            pad_id=engine.generator.pad_id,
+            cfg_scale=cfg_scale,
+            temperature=temperature,
+            seed=11,
+        )
+    assert_same_draws(result.tokens, picks, margins)
+
+
+def count_rows(engine, monkeypatch) -> list[int]:
+    """Record the batch size of every language-model call."""
+    language_model = engine.model.model.language_model
+    seen: list[int] = []
+    original_forward = language_model.forward
+
+    def forward(*args, **kwargs):
+        seen.append(kwargs["inputs_embeds"].shape[0])
+        return original_forward(*args, **kwargs)
+
+    monkeypatch.setattr(language_model, "forward", forward)
+    return seen
+
+
+def test_cfg_one_runs_without_unconditional_rows(engine, monkeypatch):
+    rows = count_rows(engine, monkeypatch)
+    engine.generate_images("a cat", num_images=3, cfg_scale=1.0, seed=5)
+    assert rows == [3] * 576
+    rows.clear()
+    engine.generate_images("a cat", num_images=3, cfg_scale=5.0, seed=5)
+    assert rows == [6] * 576
+
+
+def test_same_seed_same_tokens_and_batch_invariance(engine):
+    first = engine.generate_images("a blue bird", num_images=3, seed=1234)
+    again = engine.generate_images("a blue bird", num_images=3, seed=1234)
+    other = engine.generate_images("a blue bird", num_images=3, seed=1235)
+    assert torch.equal(first.tokens, again.tokens)
+    assert first.seed == 1234
+    assert not torch.equal(first.tokens, other.tokens)
+    # Image i of seed s is image 0 of seed s + i: a different batch samples the same images.
+    # (Batches of at least 4 rows round alike on the CPU; see sampling.image_uniforms.)
+    assert torch.equal(other.tokens[:2], first.tokens[1:])
+    pair = engine.generate_images("a blue bird", num_images=2, seed=1234)
+    assert torch.equal(pair.tokens, first.tokens[:2])
+
+
+def test_random_seed_is_reported_and_reproduces(engine):
+    result = engine.generate_images("a tree", num_images=1, seed=None)
+    assert isinstance(result.seed, int) and 0 <= result.seed <= 2**31 - 1
+    again = engine.generate_images("a tree", num_images=1, seed=result.seed)
+    assert torch.equal(result.tokens, again.tokens)
+
+
+def test_negative_prompt_replaces_unconditional_rows(engine):
+    generator = engine.generator
+    plain = generator.rows(_request("a cat"), 2)[0]
+    negative = generator.rows(_request("a cat", negative_prompt="blurry, low quality, watermark"), 2)[0]
+    cond = generator.prompt_ids("a cat")
+    neg = generator.prompt_ids("blurry, low quality, watermark")
+    # Unconditional rows: BOS and <begin_of_image> kept, the rest padding ...
+    assert plain.shape == (4, len(cond))
+    assert plain[2, 0] == generator.bos_id and plain[2, -1] == generator.boi_id
+    assert set(plain[2, 1:-1].tolist()) == {generator.pad_id}
+    # ... or, with a negative prompt, exactly that prompt (left-padded to a common length).
+    width = max(len(cond), len(neg))
+    assert negative.shape == (4, width)
+    assert negative[2, width - len(neg) :].tolist() == neg.tolist()
+    assert negative[0, width - len(cond) :].tolist() == cond.tolist()
+    with_negative = engine.generate_images("a cat", num_images=1, seed=9, negative_prompt="blurry, low quality")
+    without = engine.generate_images("a cat", num_images=1, seed=9)
+    assert not torch.equal(with_negative.tokens, without.tokens)
+
+
+def _request(prompt, **kwargs):
+    from janus_demo import ImageRequest
+
+    return ImageRequest(prompt=prompt, **kwargs)
+
+
+def test_top_k_restricts_choices(engine):
+    result = engine.generate_images("a cat", num_images=1, seed=2, top_k=1)
+    greedy = engine.generate_images("a cat", num_images=1, temperature=0)
+    assert torch.equal(result.tokens, greedy.tokens)  # top-1 sampling is greedy decoding
+
+
+def test_progress_and_previews(engine):
+    events = []
+    result = engine.generate_images(
+        "a house", num_images=2, seed=4, on_progress=lambda step, total, preview: events.append((step, total, preview))
+    )
+    assert [e[0] for e in events] == list(range(1, 577))
+    assert {e[1] for e in events} == {576}
+    previews = [(step, preview) for step, _, preview in events if preview is not None]
+    assert previews, "at least one preview is shown"
+    assert all(step % 24 == 0 for step, _ in previews)  # made when a row of tokens is complete
+    step, first = previews[0]
+    assert len(first) == 2 and all(im.size == (384, 384) and im.mode == "RGB" for im in first)
+    # The finished rows are drawn; the rest of the canvas is still neutral gray.
+    rows_done = step // 24
+    assert first[0].getpixel((200, 383)) == (127, 127, 127)
+    assert first[0].crop((0, 0, 384, rows_done * 16)).getcolors(10) is None  # many colours: real content
+    assert len(result.images) == 2
+
+
+def test_preview_of_all_rows_is_the_final_image(engine):
+    result = engine.generate_images("a boat", num_images=1, seed=8)
+    full = engine.generator.preview(result.tokens)
+    assert full[0].tobytes() == result.images[0].tobytes()
+
+
+def test_images_are_384_rgb_and_decoded_like_the_original(engine):
+    result = engine.generate_images("a horse", num_images=2, seed=6)
+    assert [im.size for im in result.images] == [(384, 384)] * 2
+    assert all(im.mode == "RGB" for im in result.images)
+    with torch.inference_mode():
+        decoded = engine.model.decode_image_tokens(result.tokens).float().numpy()
+    import numpy as np
+
+    expected = np.clip((decoded + 1) / 2 * 255, 0, 255).astype(np.uint8)
+    assert np.array_equal(np.asarray(result.images[1]), expected[1])
+
+
+def test_cancel_stops_within_one_step_and_frees_the_cache(engine, monkeypatch):
+    caches = []
+    original_init = StaticCache.__init__
+
+    def tracking_init(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        caches.append(weakref.ref(self))
+
+    monkeypatch.setattr(StaticCache, "__init__", tracking_init)
+    stop = threading.Event()
+    steps = []
+
+    def on_progress(step, total, preview):
+        steps.append(step)
+        if step == 100:
+            stop.set()
+
+    with pytest.raises(Cancelled):
+        engine.generate_images("a dragon", num_images=2, seed=1, on_progress=on_progress, cancel=stop)
+    assert steps[-1] == 100  # not a single step after the request to stop
+    gc.collect()
+    assert caches and all(ref() is None for ref in caches)
+
+
+def test_cancel_accepts_a_callable(engine):
+    calls = []
+
+    def should_stop():
+        calls.append(1)
+        return len(calls) > 10
+
+    with pytest.raises(Cancelled):
+        engine.generate_images("a dragon", num_images=1, cancel=should_stop)
+    assert len(calls) == 11
+
+
+def test_engine_still_works_after_cancel(engine):
+    with pytest.raises(Cancelled):
+        engine.generate_images("x", num_images=1, cancel=lambda: True)
+    assert isinstance(engine.generate_images("x", num_images=1, seed=1), GenerationResult)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"prompt": "   "}, "prompt"),
+        ({"num_images": 0}, "num_images"),
+        ({"cfg_scale": float("nan")}, "cfg_scale"),
+        ({"temperature": -1}, "temperature"),
+        ({"seed": -5}, "seed"),
+        ({"top_p": 0}, "top_p"),
+    ],
+)
+def test_bad_arguments_are_refused_before_any_work(engine, options, message):
+    options = {"prompt": "a cat", **options}
+    with pytest.raises(InputError, match=message):
+        engine.generate_images(options.pop("prompt"), **options)
+
+
+def test_result_saves_pngs_with_parameters(engine, tmp_path):
+    result = engine.generate_images("a small robot", num_images=2, seed=77, cfg_scale=4.0, temperature=0.9)
+    paths = result.save(tmp_path)
+    assert [p.name for p in paths] == ["janus_77_0.png", "janus_77_1.png"]
+    params = read_png_params(paths[1])
+    assert params["prompt"] == "a small robot"
+    assert params["seed"] == 77 and params["image_index"] == 1 and params["num_images"] == 2
+    assert params["cfg_scale"] == 4.0 and params["temperature"] == 0.9
+    assert params["model"] == "random:tiny"
+    # The stored parameters regenerate that very image.
+    options = {k: params.get(k) for k in ("num_images", "seed", "cfg_scale", "temperature", "top_k", "top_p")}
+    again = engine.generate_images(params["prompt"], **options)
+    assert torch.equal(again.tokens[params["image_index"]], result.tokens[1])
