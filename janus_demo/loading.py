@@ -25,6 +25,7 @@ JANUS_PRO_1B = "deepseek-community/Janus-Pro-1B"
 ALIASES = {"deepseek-ai/janus-pro-7b": JANUS_PRO_7B, "deepseek-ai/janus-pro-1b": JANUS_PRO_1B}
 # 7B bf16 weights are ~14.8 GB; below this much free memory a 4-image request would not fit.
 MIN_FREE_BYTES_FOR_7B = 20 * 2**30
+ZEROGPU_SLICE_BYTES = 70 * 2**30  # a ZeroGPU slice (H200 MIG 3g.71gb) is free when a call starts
 TINY_RANDOM = "tiny-random"
 RANDOM_PREFIX = "random:"
 # Files a converted checkpoint needs; skips the original-format .bin shards some repos carry.
@@ -57,6 +58,11 @@ _DTYPE_NAMES = {
 }
 
 
+def on_zerogpu() -> bool:
+    """A ZeroGPU Space: the web process has no GPU of its own and must not initialise CUDA."""
+    return os.environ.get("SPACES_ZERO_GPU", "").lower() in ("1", "t", "true")
+
+
 def pick_device(device: str | torch.device | None = None) -> torch.device:
     """CUDA when present, else CPU; a requested device must exist."""
     if device is None or device == "auto":
@@ -83,14 +89,20 @@ def pick_precision(device: torch.device, dtype: str | torch.dtype | None = None)
             raise LoadError(f"Unknown dtype {dtype!r}; use bf16, fp16 or fp32.")
         dtype = _DTYPE_NAMES.get(dtype.lower())
     if device.type == "cuda":
-        llm = dtype or (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+        bf16 = on_zerogpu() or torch.cuda.is_bf16_supported()
+        llm = dtype or (torch.bfloat16 if bf16 else torch.float16)
         return Precision(llm=llm, vision=llm, vq=llm)
     return Precision(llm=dtype or CPU_LLM_DTYPE, vision=torch.float32, vq=torch.float32)
 
 
 def default_model(device: torch.device) -> str:
     """Janus-Pro-7B on a GPU with room for it, else Janus-Pro-1B; logs the reason."""
-    free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
+    if device.type != "cuda":
+        free = None
+    elif on_zerogpu():
+        free = ZEROGPU_SLICE_BYTES
+    else:
+        free = torch.cuda.mem_get_info(device)[0]
     name, reason = model_for(free)
     logger.info("Model: %s (%s)", name, reason)
     return name
@@ -194,7 +206,7 @@ def _weights_bytes(folder: Path) -> int:
 
 def _check_room(folder: Path, device: torch.device, precision: Precision) -> None:
     """Fail fast, before minutes of loading, when the weights cannot fit on the GPU."""
-    if device.type != "cuda":
+    if device.type != "cuda" or on_zerogpu():
         return
     need = _weights_bytes(folder) * precision.llm.itemsize // 2  # checkpoints are stored in bf16
     free, _ = torch.cuda.mem_get_info(device)

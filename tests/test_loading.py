@@ -221,3 +221,15 @@ def test_out_of_memory_while_loading(tmp_path):
         "Not enough memory to load random:janus-pro-1b on cpu; "
         "use deepseek-community/Janus-Pro-1B or a machine with more RAM."
     )
+
+
+def test_zerogpu_defaults_without_touching_cuda(monkeypatch, caplog):
+    """On ZeroGPU the web process must not initialise CUDA: no memory query, bf16, the 7B model."""
+    from janus_demo.loading import default_model
+
+    monkeypatch.setenv("SPACES_ZERO_GPU", "true")
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: pytest.fail("queried CUDA memory"))
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a: pytest.fail("queried CUDA"))
+    with caplog.at_level(logging.INFO, logger="janus_demo"):
+        assert default_model(torch.device("cuda")) == JANUS_PRO_7B
+    assert pick_precision(torch.device("cuda")).llm == torch.bfloat16
