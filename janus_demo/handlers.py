@@ -1,0 +1,214 @@
+"""What the web app's events call: widget values in, engine work, widget values out.
+
+Validation happens here, in the web server's process, before any GPU time is asked for;
+every error a person can cause reaches the browser as one sentence (a `gr.Error`).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import mimetypes
+import secrets
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import gradio as gr
+
+from . import gpu_tasks
+from .chat import ChatSettings, normalize_conversation
+from .errors import InputError, JanusError
+from .generation import GenerationResult, ImageRequest, Progress
+from .images import open_image
+from .validation import MAX_SEED
+
+logger = logging.getLogger(__name__)
+
+OUTPUT_ROOT = Path(tempfile.gettempdir()) / "janus_demo"  # PNGs with metadata, before Gradio serves them
+OUTPUT_MAX_AGE_S = 24 * 3600
+UPDATE_EVERY_S = 0.25  # progress text is sent to the browser at most this often
+SERVER_FAULT = "Something went wrong on the server; please try again."
+
+
+def user_facing(fn):
+    """Turn our errors into `gr.Error` with their own sentence, and anything else into a generic
+    one (logged with its traceback), for plain and generator functions alike."""
+
+    def translate(exc: Exception) -> gr.Error:
+        if isinstance(exc, JanusError):
+            return gr.Error(str(exc), print_exception=False)
+        logger.exception("request failed")
+        return gr.Error(SERVER_FAULT, print_exception=False)
+
+    if inspect.isgeneratorfunction(fn):
+
+        @functools.wraps(fn)
+        def stream(*args, **kwargs):
+            try:
+                yield from fn(*args, **kwargs)
+            except gr.Error:
+                raise
+            except Exception as exc:
+                raise translate(exc) from exc
+
+        return stream
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except Exception as exc:
+            raise translate(exc) from exc
+
+    return call
+
+
+# ----- text to image ---------------------------------------------------------------------
+def image_request(prompt, negative_prompt, num_images, cfg_scale, temperature, seed, randomize_seed=False):
+    """An `ImageRequest` from widget values; a random seed is drawn here so it can be shown at once."""
+    if randomize_seed or seed is None:
+        seed = secrets.randbelow(MAX_SEED + 1)
+    return ImageRequest(
+        prompt=prompt,
+        negative_prompt=negative_prompt or None,
+        num_images=num_images,
+        cfg_scale=cfg_scale,
+        temperature=temperature,
+        seed=seed,
+    )
+
+
+def progress_text(event: Progress, elapsed: float) -> str:
+    left = elapsed / event.step * (event.total - event.step)
+    return f"Step {event.step} / {event.total} · {elapsed:.0f} s elapsed · about {left:.0f} s left"
+
+
+def save_outputs(result: GenerationResult) -> list[tuple[str, str]]:
+    """Write the PNGs (parameters in their metadata) and return gallery items (path, caption)."""
+    _remove_old_outputs()
+    folder = Path(tempfile.mkdtemp(prefix="run-", dir=OUTPUT_ROOT))
+    paths = result.save(folder)
+    return [(str(path), f"seed {result.seed} · #{i + 1}") for i, path in enumerate(paths)]
+
+
+def _remove_old_outputs() -> None:
+    OUTPUT_ROOT.mkdir(parents=True, exist_ok=True)
+    cutoff = time.time() - OUTPUT_MAX_AGE_S
+    for run in OUTPUT_ROOT.glob("run-*"):
+        if run.stat().st_mtime < cutoff:
+            shutil.rmtree(run, ignore_errors=True)
+
+
+def gallery_stream(request: ImageRequest) -> Iterator[tuple]:
+    """(gallery, status, seed) updates: previews as rows complete, then the saved PNGs."""
+    started = time.perf_counter()
+    sent = 0.0
+    yield gr.skip(), f"Starting… seed {request.seed}", request.seed
+    for event in gpu_tasks.draw(request):
+        elapsed = time.perf_counter() - started
+        if isinstance(event, GenerationResult):
+            count = len(event.images)
+            yield save_outputs(event), f"Done: {count} image{'s' * (count > 1)} in {elapsed:.1f} s · seed {event.seed}", event.seed
+        elif event.preview is not None or elapsed - sent >= UPDATE_EVERY_S:
+            sent = elapsed
+            yield (event.preview if event.preview is not None else gr.skip()), progress_text(event, elapsed), gr.skip()
+
+
+@user_facing
+def draw(prompt, negative_prompt, num_images, cfg_scale, temperature, seed, randomize_seed):
+    """The Draw tab's Generate button."""
+    request = image_request(prompt, negative_prompt, num_images, cfg_scale, temperature, seed, randomize_seed)
+    yield from gallery_stream(request)
+
+
+@user_facing
+def api_generate(prompt: str, num_images: int = 4, cfg_scale: float = 5.0, temperature: float = 1.0, seed=None):
+    """Draw `num_images` images; returns them (PNGs with their parameters) and the seed used."""
+    request = image_request(prompt, None, num_images, cfg_scale, temperature, seed)
+    for event in gpu_tasks.draw(request):
+        if isinstance(event, GenerationResult):
+            return save_outputs(event), event.seed
+    raise RuntimeError("image stream ended without a result")
+
+
+# ----- chat about images -----------------------------------------------------------------
+def history_to_messages(history: list[dict]) -> list[dict]:
+    """Chatbot history (typed blocks, one bubble per upload or text) -> transformers chat messages."""
+    messages: list[dict] = []
+    for entry in history:
+        parts = []
+        content = entry["content"]
+        for block in content if isinstance(content, list) else [content]:
+            if isinstance(block, str):
+                parts.append({"type": "text", "text": block})
+            elif block.get("type") == "text":
+                parts.append({"type": "text", "text": block["text"]})
+            elif block.get("type") == "file":
+                parts.append({"type": "image", "image": open_image(block["file"]["path"])})
+        if messages and messages[-1]["role"] == entry["role"]:
+            messages[-1]["content"] += parts
+        else:
+            messages.append({"role": entry["role"], "content": parts})
+    return messages
+
+
+@user_facing
+def add_user_message(history: list[dict], message: dict):
+    """Check the new message (each upload must be a readable image) and append it as one bubble."""
+    text = (message or {}).get("text") or ""
+    files = (message or {}).get("files") or []
+    if not text.strip() and not files:
+        raise InputError("Type a question, or attach an image.")
+    for path in files:
+        open_image(path)
+    content = [{"type": "file", "file": {"path": path, "mime_type": mimetypes.guess_type(path)[0] or "image/png"}}
+               for path in files]
+    if text.strip():
+        content.append({"type": "text", "text": text})
+    return [*history, {"role": "user", "content": content}], gr.MultimodalTextbox(value=None, interactive=False)
+
+
+@user_facing
+def respond(history: list[dict], temperature, top_p, max_new_tokens, seed):
+    """Stream the assistant's answer to the conversation into the chat."""
+    settings = ChatSettings(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
+    messages = history_to_messages(history)
+    engine = gpu_tasks.current()
+    normalize_conversation(messages, engine.responder.control_tokens, "")  # refuse bad input before the GPU
+    answer = {"role": "assistant", "content": ""}
+    history = [*history, answer]
+    yield history
+    for piece in gpu_tasks.answer(messages, settings):
+        answer["content"] += piece
+        yield history
+
+
+def retry(history: list[dict], temperature, top_p, max_new_tokens, seed):
+    """Answer the last user message again (drops the answers after it)."""
+    while history and history[-1]["role"] == "assistant":
+        history = history[:-1]
+    yield from respond(history, temperature, top_p, max_new_tokens, seed)
+
+
+@user_facing
+def api_understand(image: str, question: str, temperature: float = 0.1, top_p: float = 0.95,
+                   max_new_tokens: int = 512, seed=None):
+    """Answer `question` about `image`; streams the answer as it grows."""
+    settings = ChatSettings(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
+    if not image:
+        raise InputError("Attach an image to ask about.")
+    if not isinstance(question, str) or not question.strip():
+        raise InputError("Ask a question about the image.")
+    messages = [{"role": "user", "content": [{"type": "image", "image": open_image(image)},
+                                             {"type": "text", "text": question}]}]
+    answer = ""
+    yield answer
+    for piece in gpu_tasks.answer(messages, settings):
+        answer += piece
+        yield answer

@@ -1,0 +1,120 @@
+"""The Gradio app: components and the wiring between them and `handlers`. No logic lives here."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import gradio as gr
+
+from . import handlers
+from .validation import MAX_SEED
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+GPU = "gpu"  # every event that runs the model shares this concurrency group
+PRIVATE = {"api_visibility": "private"}
+
+
+def chat_examples() -> list[list[dict]]:
+    return [[{"text": e["text"], "files": [str(EXAMPLES / f) for f in e["files"]]}] for e in _examples()["chat"]]
+
+
+def prompt_examples() -> list[list[str]]:
+    return [[prompt] for prompt in _examples()["prompts"]]
+
+
+def _examples() -> dict:
+    return json.loads((EXAMPLES / "examples.json").read_text())
+
+
+def build_demo(*, model_name: str, max_images: int = 16, concurrency: int = 1) -> gr.Blocks:
+    """The whole app; `handlers` must reach a loaded engine through `gpu_tasks.install`."""
+    gpu = {"concurrency_id": GPU, "concurrency_limit": concurrency}
+    with gr.Blocks(title="Janus-Pro demo", delete_cache=(3600, 24 * 3600)) as demo:
+        gr.Markdown(
+            f"# Janus-Pro\nOne model that understands images and draws them · model: `{model_name}`",
+            elem_id="header",
+        )
+        with gr.Tabs():
+            with gr.Tab("Chat about images", id="chat", elem_id="chat-tab"):
+                chatbot = gr.Chatbot(label="Conversation", height=460, buttons=["copy"], elem_id="chatbot",
+                                     placeholder="Attach one or more images and ask about them.")
+                textbox = gr.MultimodalTextbox(
+                    file_types=["image"], file_count="multiple", sources=["upload"], show_label=False,
+                    placeholder="Ask about an image… (drop images here)", elem_id="chat-input",
+                )
+                with gr.Row():
+                    chat_stop = gr.Button("Stop", variant="stop", size="sm", elem_id="chat-stop")
+                    chat_retry = gr.Button("Retry", size="sm", elem_id="chat-retry")
+                    chat_clear = gr.Button("Clear", size="sm", elem_id="chat-clear")
+                with gr.Accordion("Settings", open=False, elem_id="chat-settings"):
+                    chat_temperature = gr.Slider(0, 1.5, value=0.1, step=0.05, label="Temperature (0 = greedy)")
+                    chat_top_p = gr.Slider(0.05, 1, value=0.95, step=0.05, label="Top-p")
+                    chat_max_tokens = gr.Slider(16, 1024, value=512, step=16, label="Max new tokens",
+                                                elem_id="chat-max-tokens")
+                    chat_seed = gr.Number(value=None, precision=0, minimum=0, maximum=MAX_SEED,
+                                          label="Seed (empty = random)")
+                gr.Examples(chat_examples(), inputs=[textbox], label="Examples")
+
+            with gr.Tab("Draw", id="draw", elem_id="draw-tab"):
+                with gr.Row():
+                    with gr.Column(scale=2):
+                        prompt = gr.Textbox(label="Prompt", lines=3, elem_id="prompt",
+                                            placeholder="A watercolor fox in the snow, soft morning light")
+                        with gr.Row():
+                            draw_btn = gr.Button("Generate", variant="primary", elem_id="generate")
+                            draw_stop = gr.Button("Stop", variant="stop", elem_id="draw-stop")
+                        num_images = gr.Slider(1, max_images, value=min(4, max_images), step=1,
+                                               label="Parallel samples")
+                        cfg_scale = gr.Slider(1, 10, value=5, step=0.5, label="CFG scale (1 = off, twice as fast)")
+                        temperature = gr.Slider(0, 2, value=1, step=0.05, label="Temperature (0 = greedy)")
+                        with gr.Row():
+                            seed = gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed",
+                                             elem_id="seed")
+                            randomize = gr.Checkbox(value=True, label="Random seed")
+                        with gr.Accordion("Advanced", open=False):
+                            negative = gr.Textbox(label="Negative prompt", lines=2,
+                                                  placeholder="What the images should avoid (replaces the empty prompt CFG compares with)")
+                        gr.Examples(prompt_examples(), inputs=[prompt], label="Example prompts")
+                    with gr.Column(scale=3):
+                        status = gr.Markdown(elem_id="status")
+                        gallery = gr.Gallery(label="Images", columns=4, height=560, format="png", elem_id="gallery",
+                                             buttons=["download", "fullscreen"], interactive=False)
+
+        # API-only endpoints: clients call these by name; they have no widgets of their own.
+        with gr.Column(visible=False):
+            api_generate_btn, api_understand_btn = gr.Button(), gr.Button()
+            api_generate_in = [gr.Textbox(label="prompt"), gr.Number(label="num_images", precision=0),
+                               gr.Number(label="cfg_scale"), gr.Number(label="temperature"),
+                               gr.Number(label="seed", precision=0)]
+            api_generate_out = [gr.Gallery(label="images", format="png"), gr.Number(label="seed", precision=0)]
+            api_understand_in = [gr.File(label="image"), gr.Textbox(label="question"), gr.Number(label="temperature"),
+                                 gr.Number(label="top_p"), gr.Number(label="max_new_tokens", precision=0),
+                                 gr.Number(label="seed", precision=0)]
+            api_understand_out = gr.Textbox(label="answer")
+
+        # ----- chat wiring -----
+        settings = [chat_temperature, chat_top_p, chat_max_tokens, chat_seed]
+        submitted = textbox.submit(handlers.add_user_message, [chatbot, textbox], [chatbot, textbox], **PRIVATE)
+        answering = submitted.success(handlers.respond, [chatbot, *settings], [chatbot], **gpu, **PRIVATE)
+        retrying = gr.on([chat_retry.click, chatbot.retry], handlers.retry, [chatbot, *settings], [chatbot],
+                         **gpu, **PRIVATE)
+        unlock = {"fn": lambda: gr.MultimodalTextbox(interactive=True), "outputs": [textbox], **PRIVATE}
+        answering.then(**unlock)
+        chat_stop.click(cancels=[answering, retrying], **unlock, queue=False)
+        chat_clear.click(lambda: ([], gr.MultimodalTextbox(value=None, interactive=True)), None, [chatbot, textbox],
+                         cancels=[answering, retrying], queue=False, **PRIVATE)
+
+        # ----- draw wiring -----
+        drawing = gr.on(
+            [draw_btn.click, prompt.submit], handlers.draw,
+            [prompt, negative, num_images, cfg_scale, temperature, seed, randomize], [gallery, status, seed],
+            **gpu, **PRIVATE,
+        )
+        draw_stop.click(None, cancels=[drawing], queue=False, **PRIVATE)
+
+        # ----- public API -----
+        api_generate_btn.click(handlers.api_generate, api_generate_in, api_generate_out, api_name="generate", **gpu)
+        api_understand_btn.click(handlers.api_understand, api_understand_in, api_understand_out,
+                                 api_name="understand", **gpu)
+    return demo
