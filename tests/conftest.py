@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -32,6 +34,53 @@ def engine():
 def artifacts() -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     return ARTIFACTS
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class RunningApp:
+    """`python app.py ...` in a subprocess, as a user starts it; `url` once it serves."""
+
+    def __init__(self, *args: str, env: dict | None = None) -> None:
+        self.port = free_port()
+        self.log_path = Path(tempfile.mkstemp(prefix="janus-app-", suffix=".log")[1])
+        self.process = subprocess.Popen(
+            [sys.executable, "app.py", "--model", "tiny-random", "--port", str(self.port), *args],
+            cwd=ROOT,
+            env={**os.environ, **(env or {})},
+            stdout=self.log_path.open("w"),
+            stderr=subprocess.STDOUT,
+        )
+        self.url = f"http://127.0.0.1:{self.port}/"
+        deadline = time.monotonic() + 120
+        while "Running on local URL" not in self.log:
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"app did not start:\n{self.log}")
+            time.sleep(0.2)
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+@pytest.fixture(scope="session")
+def app():
+    """One running app (tiny-random, CPU) shared by the end-to-end tests."""
+    running = RunningApp()
+    yield running
+    running.stop()
 
 
 @pytest.fixture(scope="session")

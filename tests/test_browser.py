@@ -1,0 +1,128 @@
+"""The app in a real headless Chromium (Debian's package), driven by Playwright.
+
+Screenshots land in test-artifacts/. Without /usr/bin/chromium these tests skip, unless
+JANUS_REQUIRE_BROWSER=1 (as CI sets it), where a missing browser is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from janus_demo.images import read_png_params
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+    "--disable-sync", "--no-first-run", "--disable-quic",
+]
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+if not Path(CHROMIUM).exists():
+    if os.environ.get("JANUS_REQUIRE_BROWSER") == "1":
+        raise RuntimeError("JANUS_REQUIRE_BROWSER=1 but Chromium is not installed (apt-get install chromium)")
+    pytest.skip("Chromium is not installed (apt-get install chromium)", allow_module_level=True)
+
+# Records, with timestamps, what the page shows as it changes: every text the newest
+# assistant message takes, and every set of images the gallery shows.
+RECORDER = """
+() => {
+  window.seen = {answers: [], galleries: [], statuses: []};
+  const record = () => {
+    const bots = document.querySelectorAll('#chatbot [data-testid="bot"]');
+    const answer = bots.length ? bots[bots.length - 1].innerText : '';
+    const last = window.seen.answers.at(-1);
+    if (answer && (!last || last.text !== answer)) window.seen.answers.push({t: performance.now(), text: answer});
+    const srcs = [...document.querySelectorAll('#gallery img')].map(i => i.src).join(' ');
+    const lastGallery = window.seen.galleries.at(-1);
+    if (srcs && (!lastGallery || lastGallery.srcs !== srcs)) window.seen.galleries.push({t: performance.now(), srcs});
+    const status = document.querySelector('#status')?.innerText || '';
+    if (status && window.seen.statuses.at(-1) !== status) window.seen.statuses.push(status);
+  };
+  new MutationObserver(record).observe(document.body, {subtree: true, childList: true, characterData: true,
+                                                        attributes: true});
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def page(app):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 1100})
+        page.goto(app.url)
+        page.wait_for_selector("#chat-input textarea")
+        page.evaluate(RECORDER)
+        yield page
+        browser.close()
+
+
+def test_chat_tab_streams_an_answer_about_an_uploaded_image(page, artifacts):
+    page.locator("#chat-settings").get_by_text("Settings").click()
+    max_tokens = page.locator("#chat-max-tokens input[type=number]")
+    max_tokens.fill("96")
+    max_tokens.press("Enter")
+    page.locator("#chat-input input[type=file]").set_input_files(str(EXAMPLES / "chart.png"))
+    page.wait_for_selector("#chat-input img, #chat-input .thumbnail-item", timeout=15_000)
+    page.locator("#chat-input textarea").fill("Which month sold most?")
+    page.locator("#chat-input textarea").press("Enter")
+    page.wait_for_selector('#chatbot [data-testid="user"] img', timeout=15_000)  # the upload shows as a picture
+    page.wait_for_function("window.seen.answers.length > 0", timeout=60_000)
+    page.wait_for_function(
+        "() => !document.querySelector('#chat-input textarea').disabled", timeout=120_000
+    )  # the answer is complete and the box is usable again
+    page.screenshot(path=str(artifacts / "chat.png"), full_page=True)
+    answers = page.evaluate("window.seen.answers")
+    texts = [a["text"] for a in answers]
+    assert len(texts) >= 3, "the answer grew in several steps on screen"
+    assert all(len(b) >= len(a) for a, b in zip(texts, texts[1:]))
+    assert len(texts[-1]) > 50
+    assert page.locator('#chatbot [data-testid="user"]').last.inner_text().strip() == "Which month sold most?"
+
+
+GALLERY_LOADED = """(prefix) => {
+  const imgs = [...document.querySelectorAll('#gallery img')];
+  return imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0 && (!prefix || i.src.includes(prefix)));
+}"""
+
+
+def test_draw_tab_shows_previews_then_final_images(page, artifacts, tmp_path):
+    page.get_by_role("tab", name="Draw").click()
+    page.locator("#prompt textarea").fill("a watercolor fox in the snow")
+    page.evaluate("window.seen.galleries = []; window.seen.statuses = []; window.clicked = performance.now()")
+    page.locator("#generate").click()
+    page.wait_for_function("window.seen.galleries.length > 0", timeout=60_000)
+    first_preview_ms = page.evaluate("window.seen.galleries[0].t - window.clicked")
+    page.wait_for_function(GALLERY_LOADED, arg="", timeout=30_000)
+    page.screenshot(path=str(artifacts / "draw-preview.png"), full_page=True)
+    page.wait_for_function(
+        "() => (document.querySelector('#status')?.innerText || '').startsWith('Done')", timeout=120_000
+    )
+    seed = int(page.locator("#seed input").input_value())
+    page.wait_for_function(GALLERY_LOADED, arg=f"janus_{seed}_", timeout=30_000)
+    assert page.locator("#gallery img").count() == 4
+    page.screenshot(path=str(artifacts / "draw-final.png"), full_page=True)
+
+    galleries = page.evaluate("window.seen.galleries")
+    statuses = page.evaluate("window.seen.statuses")
+    assert any("janus_" not in g["srcs"] for g in galleries), "previews were shown before the final images"
+    assert any(s.startswith("Step ") and "left" in s for s in statuses), statuses
+    assert f"seed {seed}" in statuses[-1]
+    captions = page.locator("#gallery").inner_text()
+    assert f"seed {seed} · #1" in captions and f"seed {seed} · #4" in captions
+    (artifacts / "first-preview-ms.txt").write_text(f"{first_preview_ms:.0f}\n")
+
+    # The gallery's download button hands over the PNG with its parameters.
+    page.locator("#gallery img").first.click()
+    with page.expect_download() as download:
+        page.locator("#gallery").get_by_role("button", name="Download").first.click()
+    saved = tmp_path / download.value.suggested_filename
+    download.value.save_as(saved)
+    params = read_png_params(saved)
+    assert params["prompt"] == "a watercolor fox in the snow" and params["seed"] == seed
+    assert params["num_images"] == 4 and params["model"] == "random:tiny"
