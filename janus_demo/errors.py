@@ -17,5 +17,9 @@ class Cancelled(JanusError):
     """The caller cancelled the request; everything it allocated has been released."""
 
 
+class TimedOut(JanusError):
+    """The request ran past its time limit and was stopped; its memory has been released."""
+
+
 class OutOfMemory(JanusError, RuntimeError):
     """The device ran out of memory mid-request; memory has been released and the engine still works."""

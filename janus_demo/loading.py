@@ -16,6 +16,7 @@ import torch
 
 from . import presets
 from .errors import LoadError
+from .memory import is_out_of_memory, release_memory
 
 logger = logging.getLogger(__name__)
 
@@ -245,17 +246,15 @@ def load_model(name: str, device: torch.device, precision: Precision):
             model = JanusForConditionalGeneration.from_pretrained(folder, dtype=precision.llm).to(device)
             processor = AutoProcessor.from_pretrained(folder)
         return apply_precision(model, precision).eval().requires_grad_(False), processor
-    except (torch.OutOfMemoryError, MemoryError) as exc:
-        raise _memory_error(name, device) from exc
-    except RuntimeError as exc:
-        if "memory" in str(exc).lower() and not isinstance(exc, LoadError):
-            raise _memory_error(name, device) from exc
-        raise
+    except Exception as exc:
+        if isinstance(exc, LoadError) or not is_out_of_memory(exc):
+            raise
+    release_memory(device)  # outside the handler: the traceback no longer pins half-loaded weights
+    raise _memory_error(name, device)
 
 
 def _memory_error(name: str, device: torch.device) -> LoadError:
     if device.type == "cuda":
-        torch.cuda.empty_cache()
         advice = f"use {JANUS_PRO_1B}, free the GPU, or pass --device cpu"
     else:
         advice = f"use {JANUS_PRO_1B} or a machine with more RAM"
