@@ -13,8 +13,6 @@ import os
 import secrets
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from queue import Queue
-from threading import Event, Thread
 
 import torch
 from PIL import Image
@@ -22,12 +20,22 @@ from transformers import GenerationMixin, LogitsProcessor, LogitsProcessorList, 
 from transformers.generation.streamers import BaseStreamer
 from transformers.models.janus.processing_janus import DEFAULT_SYSTEM_PROMPT
 
-from .errors import InputError
+from .background import run_in_background
 from .cancellation import CancelCheck, as_cancel_check
+from .errors import InputError, OutOfMemory
 from .images import open_image, to_rgb
+from .memory import is_out_of_memory, release_memory
 from .prompts import control_tokens, neutralize
 from .sampling import choose_tokens
-from .validation import MAX_SEED, check_int, check_number
+from .validation import (
+    MAX_CHAT_IMAGES,
+    MAX_MESSAGE_CHARS,
+    MAX_NEW_TOKENS,
+    MAX_SEED,
+    check_int,
+    check_number,
+    check_text,
+)
 
 ROLES = ("system", "user", "assistant")
 
@@ -45,7 +53,7 @@ class ChatSettings:
         checked = {
             "temperature": check_number("temperature", self.temperature, 0.0, 100.0),
             "top_p": check_number("top_p", self.top_p, 0.0, 1.0, low_open=True),
-            "max_new_tokens": check_int("max_new_tokens", self.max_new_tokens, 1),
+            "max_new_tokens": check_int("max_new_tokens", self.max_new_tokens, 1, MAX_NEW_TOKENS),
             "seed": None if self.seed is None else check_int("seed", self.seed, 0, MAX_SEED),
         }
         for name, value in checked.items():
@@ -94,9 +102,8 @@ def normalize_conversation(messages, tokens: tuple[str, ...], default_system_pro
         for part in _content_parts(message.get("content", "")):
             kind = part.get("type") if isinstance(part, Mapping) else None
             if kind == "text":
-                if not isinstance(part.get("text"), str):
-                    raise InputError(f"Message {index + 1} has a text part without text.")
-                parts.append({"type": "text", "text": neutralize(part["text"], tokens)})
+                text = check_text(f"text of message {index + 1}", part.get("text"), MAX_MESSAGE_CHARS, required=False)
+                parts.append({"type": "text", "text": neutralize(text, tokens)})
             elif kind == "image":
                 images.append(_image_of(part))
                 parts.append({"type": "image"})
@@ -111,6 +118,10 @@ def normalize_conversation(messages, tokens: tuple[str, ...], default_system_pro
         if not parts:
             parts = [{"type": "text", "text": ""}]
         out.append({"role": message["role"], "content": parts})
+    if len(images) > MAX_CHAT_IMAGES:
+        raise InputError(
+            f"This conversation has {len(images)} images; the limit is {MAX_CHAT_IMAGES}. Clear the chat to start over."
+        )
     if not out or out[-1]["role"] != "user":
         raise InputError("The conversation must end with a user message.")
     if not any(p["type"] == "image" or p["text"].strip() for p in out[-1]["content"]):
@@ -118,21 +129,20 @@ def normalize_conversation(messages, tokens: tuple[str, ...], default_system_pro
     return Conversation(out, images, system_prompt)
 
 
-class _TokenQueue(BaseStreamer):
-    """Receives new token ids from `generate` (the prompt is skipped); None marks the end."""
+class _TokenStreamer(BaseStreamer):
+    """Hands each new token id list from `generate` to `emit`; the prompt (the first put) is skipped."""
 
-    def __init__(self) -> None:
-        self.queue: Queue[list[int] | None] = Queue()
+    def __init__(self, emit) -> None:
+        self.emit = emit
         self._prompt_seen = False
 
     def put(self, value: torch.Tensor) -> None:
-        if not self._prompt_seen:
-            self._prompt_seen = True
-            return
-        self.queue.put(value.reshape(-1).tolist())
+        if self._prompt_seen:
+            self.emit(value.reshape(-1).tolist())
+        self._prompt_seen = True
 
     def end(self) -> None:
-        self.queue.put(None)
+        pass
 
 
 class _StopWhen(StoppingCriteria):
@@ -169,6 +179,18 @@ class ChatResponder:
         self._raw_processor = copy.copy(processor)  # we prepend the system prompt ourselves
         self._raw_processor.use_default_system_prompt = False
 
+    def prepare(self, messages, settings: ChatSettings) -> dict:
+        """Model inputs for `messages`, refused if prompt and answer would not fit the context."""
+        inputs = self.inputs(messages)
+        prompt_tokens = inputs["input_ids"].shape[1]
+        context = self.model.config.get_text_config().max_position_embeddings
+        if prompt_tokens + settings.max_new_tokens > context:
+            raise InputError(
+                f"This conversation is {prompt_tokens} tokens long and the answer may add {settings.max_new_tokens}, "
+                f"more than the model's {context}; clear the chat or lower max new tokens."
+            )
+        return inputs
+
     def inputs(self, messages) -> dict:
         """Model inputs for `messages`: the same as the Hub processor's apply_chat_template."""
         conversation = normalize_conversation(messages, self.control_tokens, self.default_system_prompt)
@@ -181,55 +203,53 @@ class ChatResponder:
             k: v.to(self.model.device, dtype=vision_dtype if k == "pixel_values" else None) for k, v in batch.items()
         }
 
-    def stream(self, inputs: dict, settings: ChatSettings, *, cancel: CancelCheck = None) -> Iterator[str]:
-        """Yield the answer to `inputs` (from `inputs()`) as text pieces; stopping early keeps what was said."""
+    def stream(
+        self, inputs: dict, settings: ChatSettings, *, cancel: CancelCheck = None, heartbeat: float = 0.1
+    ) -> Iterator[str]:
+        """Yield the answer to `inputs` (from `prepare()`) as text pieces as tokens come, and an
+        empty piece after `heartbeat` seconds without one (see background.py); stopping early
+        keeps what was said."""
         is_cancelled = as_cancel_check(cancel)
-        closed = Event()
-        streamer = _TokenQueue()
         processors = LogitsProcessorList()
         if settings.temperature > 0:
             seed = settings.seed if settings.seed is not None else secrets.randbelow(MAX_SEED + 1)
             processors.append(_SeededSampler(settings, seed))
-        failure: list[BaseException] = []
 
-        def work() -> None:
-            try:
-                with torch.inference_mode():
-                    # Janus' own generate() drops `logits_processor` in text mode (transformers
-                    # 5.24), so call the mixin it delegates to, with CFG off as it does.
-                    GenerationMixin.generate(
-                        self.model,
-                        **inputs,
-                        guidance_scale=None,
-                        max_new_tokens=settings.max_new_tokens,
-                        do_sample=False,
-                        streamer=streamer,
-                        logits_processor=processors,
-                        stopping_criteria=StoppingCriteriaList([_StopWhen(lambda: closed.is_set() or is_cancelled())]),
-                    )
-            except BaseException as exc:  # surfaced in the caller's thread below
-                failure.append(exc)
-            finally:
-                streamer.end()
+        def work(emit, stop) -> None:
+            with torch.inference_mode():
+                # Janus' own generate() drops `logits_processor` in text mode (transformers
+                # 5.24), so call the mixin it delegates to, with CFG off as it does.
+                GenerationMixin.generate(
+                    self.model,
+                    **inputs,
+                    guidance_scale=None,
+                    max_new_tokens=settings.max_new_tokens,
+                    do_sample=False,
+                    streamer=_TokenStreamer(emit),
+                    logits_processor=processors,
+                    stopping_criteria=StoppingCriteriaList([_StopWhen(lambda: stop.is_set() or is_cancelled())]),
+                )
 
-        thread = Thread(target=work, name="janus-chat", daemon=True)
-        thread.start()
         ids: list[int] = []
         sent = 0
         try:
-            while (new := streamer.queue.get()) is not None:
-                ids += new
+            for batch in run_in_background(work, every=heartbeat, eager=True, name="janus-chat"):
+                ids += [token for new in batch for token in new]
                 text = self.tokenizer.decode(ids, skip_special_tokens=True)
-                if text.endswith("\ufffd"):  # a multi-byte character is still incomplete
-                    continue
-                if len(text) > sent:
+                if len(text) > sent and not text.endswith("\ufffd"):  # wait for multi-byte characters
                     yield text[sent:]
                     sent = len(text)
+                elif not batch:
+                    yield ""
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+        else:
             text = self.tokenizer.decode(ids, skip_special_tokens=True)
             if len(text) > sent:
                 yield text[sent:]
-        finally:
-            closed.set()
-            thread.join()
-        if failure:
-            raise failure[0]
+            return
+        release_memory(self.model.device)  # outside the handler: the traceback no longer pins tensors
+        raise OutOfMemory(
+            "Ran out of memory while answering; use fewer or smaller images, lower max new tokens, or clear the chat."
+        )

@@ -46,7 +46,7 @@ class JanusEngine:
         `temperature=0` is greedy. Bad input raises `InputError` here, before anything runs.
         """
         settings = ChatSettings(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
-        inputs = self.responder.inputs(messages)
+        inputs = self.responder.prepare(messages, settings)
         return self.responder.stream(inputs, settings, cancel=cancel)
 
     def iter_images(

@@ -25,11 +25,12 @@ from PIL import Image
 from transformers import StaticCache
 
 from .cancellation import CancelCheck, as_cancel_check
-from .errors import Cancelled, InputError
+from .errors import Cancelled, OutOfMemory
 from .images import NEUTRAL_GRAY, decoded_to_images, save_png
+from .memory import is_out_of_memory, release_memory
 from .prompts import control_tokens, neutralize
 from .sampling import choose_tokens, image_uniforms
-from .validation import MAX_SEED, check_int, check_number
+from .validation import MAX_IMAGES, MAX_PROMPT_CHARS, MAX_SEED, check_int, check_number, check_text
 
 
 @dataclass(frozen=True)
@@ -46,12 +47,11 @@ class ImageRequest:
     negative_prompt: str | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.prompt, str) or not self.prompt.strip():
-            raise InputError("Write a prompt describing the image you want.")
-        if self.negative_prompt is not None and not isinstance(self.negative_prompt, str):
-            raise InputError("The negative prompt must be text.")
         checked = {
-            "num_images": check_int("num_images", self.num_images, 1),
+            "prompt": check_text("prompt", self.prompt, MAX_PROMPT_CHARS),
+            "negative_prompt": check_text("negative prompt", self.negative_prompt, MAX_PROMPT_CHARS, required=False)
+            or None,
+            "num_images": check_int("num_images", self.num_images, 1, MAX_IMAGES),
             "cfg_scale": check_number("cfg_scale", self.cfg_scale, 0.0, 100.0),
             "temperature": check_number("temperature", self.temperature, 0.0, 100.0),
             "top_k": None if self.top_k is None else check_int("top_k", self.top_k, 1),
@@ -143,7 +143,6 @@ class ImageGenerator:
         return ids.to(self.device), mask.to(self.device)
 
     # ----- decoding ----------------------------------------------------------------------
-    @torch.inference_mode()
     def stream(
         self,
         request: ImageRequest,
@@ -156,7 +155,23 @@ class ImageGenerator:
         Previews are partial decodes of the rows finished so far. One is made whenever the
         time spent on previews stays within `preview_budget` of the time spent decoding
         tokens, so they cost the same small fraction on a laptop CPU and on an H100.
+        Running out of memory raises `OutOfMemory` once everything has been released.
         """
+        try:
+            yield from self._stream(request, cancel, preview_budget)
+            return
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+        release_memory(self.device)  # outside the handler: the traceback no longer pins tensors
+        where = "The GPU" if self.device.type == "cuda" else "The CPU"
+        raise OutOfMemory(
+            f"{where} ran out of memory drawing {request.num_images} image(s); try fewer images, "
+            "CFG scale 1 (half the memory), or a smaller model."
+        )
+
+    @torch.inference_mode()
+    def _stream(self, request: ImageRequest, cancel: CancelCheck, preview_budget: float):
         is_cancelled = as_cancel_check(cancel)
         seed = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1)
         n = request.num_images

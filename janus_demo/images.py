@@ -17,6 +17,7 @@ from .errors import InputError
 
 NEUTRAL_GRAY = (127, 127, 127)  # Janus pads with this; transparent areas become the same
 MAX_PIXELS = 64_000_000  # larger uploads are refused before they are decoded
+MAX_ASPECT = 20  # a 384x384 view of anything narrower keeps no detail of the short side
 _HIGH_DEPTH_MODES = {"I", "F", "I;16", "I;16B", "I;16L", "I;16N"}
 
 
@@ -49,6 +50,11 @@ def check_size(image: Image.Image, *, max_pixels: int = MAX_PIXELS) -> None:
     if width * height > max_pixels:
         raise InputError(
             f"That image is {width}x{height}; the limit is {max_pixels // 1_000_000} megapixels. Downscale it first."
+        )
+    if max(width, height) > MAX_ASPECT * min(width, height):
+        raise InputError(
+            f"That image is {width}x{height}, more than {MAX_ASPECT} times longer one way than the other; "
+            "crop it to the part you are asking about."
         )
 
 
