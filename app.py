@@ -29,17 +29,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=1, help="model requests running at once")
     parser.add_argument("--queue-size", type=int, default=20, help="requests allowed to wait; more are refused")
     parser.add_argument("--max-file-size", default="20mb", help="largest upload accepted, e.g. 20mb")
+    parser.add_argument("--timeout", type=float, default=900, help="seconds of model time one request may use")
     return parser.parse_args(argv)
 
 
 def create_app(args: argparse.Namespace):
-    """Load the model, then build the UI around it (raises LoadError with a readable message)."""
+    """Load the model, then build the UI around it (raises JanusError with a readable message)."""
     from janus_demo import gpu_tasks, load_engine
     from janus_demo.ui import build_demo
 
     engine = load_engine(args.model, device=args.device, dtype=args.dtype)
     gpu_tasks.install(engine)
-    demo = build_demo(model_name=engine.name, max_images=args.max_images, concurrency=args.concurrency)
+    demo = build_demo(model_name=engine.name, max_images=args.max_images, concurrency=args.concurrency,
+                      time_limit_s=args.timeout)
     return demo.queue(max_size=args.queue_size, default_concurrency_limit=args.concurrency)
 
 
@@ -47,11 +49,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    from janus_demo import LoadError
+    from janus_demo import JanusError
 
     try:
         demo = create_app(args)
-    except LoadError as exc:
+    except JanusError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     demo.launch(

@@ -8,12 +8,15 @@ for a duration computed from its request. Off Spaces the decorator does nothing.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import spaces
 
+from .background import run_in_background
 from .chat import ChatSettings
 from .engine import JanusEngine
+from .errors import Cancelled, TimedOut
 from .generation import GenerationResult, ImageRequest, Progress
 
 # Budget per request on a ZeroGPU slice (eager bf16, Janus-Pro-7B): prefill, VQ decode and
@@ -23,6 +26,7 @@ IMAGE_SECONDS_PER_IMAGE = 4
 ANSWER_BASE_SECONDS = 10
 ANSWER_SECONDS_PER_TOKEN = 0.05
 MAX_SECONDS = 300
+BEAT_S = 0.1  # results reach the web server this often; a Stop or a closed tab reaches the model as fast
 
 _engine: JanusEngine | None = None
 
@@ -39,23 +43,48 @@ def current() -> JanusEngine:
     return _engine
 
 
-def image_seconds(request: ImageRequest) -> int:
-    return min(MAX_SECONDS, IMAGE_BASE_SECONDS + IMAGE_SECONDS_PER_IMAGE * request.num_images)
+def image_seconds(request: ImageRequest, time_limit_s: float) -> int:
+    estimate = IMAGE_BASE_SECONDS + IMAGE_SECONDS_PER_IMAGE * request.num_images
+    return int(min(MAX_SECONDS, time_limit_s, estimate))
 
 
-def answer_seconds(messages: list, settings: ChatSettings) -> int:
-    return min(MAX_SECONDS, int(ANSWER_BASE_SECONDS + ANSWER_SECONDS_PER_TOKEN * settings.max_new_tokens))
+def answer_seconds(messages: list, settings: ChatSettings, time_limit_s: float) -> int:
+    estimate = ANSWER_BASE_SECONDS + ANSWER_SECONDS_PER_TOKEN * settings.max_new_tokens
+    return int(min(MAX_SECONDS, time_limit_s, estimate))
 
 
 @spaces.GPU(duration=image_seconds)
-def draw(request: ImageRequest) -> Iterator[Progress | GenerationResult]:
-    """Progress events, then the result, for an already validated request."""
-    engine = current()
-    yield from engine.generator.stream(request)
+def draw(request: ImageRequest, time_limit_s: float) -> Iterator[list[Progress | GenerationResult]]:
+    """Batches of progress events, the result last, for an already validated request.
+
+    The model runs in a thread of its own and a batch (maybe empty) comes every BEAT_S, so
+    closing this generator (Stop, a closed tab) reaches the model within a beat.
+    """
+    generator = current().generator
+    deadline = time.monotonic() + time_limit_s
+
+    def work(emit, stop) -> None:
+        for event in generator.stream(request, cancel=lambda: stop.is_set() or time.monotonic() > deadline):
+            emit(event)
+
+    try:
+        yield from run_in_background(work, every=BEAT_S, name="janus-draw")
+    except Cancelled:
+        raise TimedOut(
+            f"Drawing ran past the {time_limit_s:.0f} s time limit and was stopped; "
+            "try fewer images or CFG scale 1 (twice as fast)."
+        ) from None
 
 
 @spaces.GPU(duration=answer_seconds)
-def answer(messages: list, settings: ChatSettings) -> Iterator[str]:
-    """The streamed answer to `messages` (transformers chat format, PIL images)."""
+def answer(messages: list, settings: ChatSettings, time_limit_s: float) -> Iterator[str]:
+    """The streamed answer to `messages` (transformers chat format, PIL images): pieces as they
+    come, an empty one after BEAT_S without news; cut at the time limit."""
     engine = current()
-    yield from engine.responder.stream(engine.responder.inputs(messages), settings)
+    deadline = time.monotonic() + time_limit_s
+    inputs = engine.responder.prepare(messages, settings)
+    yield from engine.responder.stream(
+        inputs, settings, cancel=lambda: time.monotonic() > deadline, heartbeat=BEAT_S
+    )
+    if time.monotonic() > deadline:
+        raise TimedOut(f"The answer ran past the {time_limit_s:.0f} s time limit and was cut short.")

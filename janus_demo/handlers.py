@@ -15,6 +15,8 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import closing
+from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
@@ -24,7 +26,7 @@ from .chat import ChatSettings, normalize_conversation
 from .errors import InputError, JanusError
 from .generation import GenerationResult, ImageRequest, Progress
 from .images import open_image
-from .validation import MAX_SEED
+from .validation import MAX_IMAGES, MAX_MESSAGE_CHARS, MAX_SEED, check_int, check_number, check_text
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +34,26 @@ OUTPUT_ROOT = Path(tempfile.gettempdir()) / "janus_demo"  # PNGs with metadata, 
 OUTPUT_MAX_AGE_S = 24 * 3600
 UPDATE_EVERY_S = 0.25  # progress text is sent to the browser at most this often
 SERVER_FAULT = "Something went wrong on the server; please try again."
+
+# What the app accepts, from the UI and the API alike (the sliders show the same ranges).
+CFG_RANGE = (1.0, 10.0)
+TEMPERATURE_RANGE = (0.0, 2.0)
+MAX_NEW_TOKENS_RANGE = (1, 1024)
+
+
+@dataclass
+class Limits:
+    """Per-deployment limits, set once by `ui.build_demo` from the app's flags."""
+
+    max_images: int = 16
+    time_limit_s: float = 900.0
+
+    def __post_init__(self) -> None:
+        check_int("--max-images", self.max_images, 1, MAX_IMAGES)
+        check_number("--timeout", self.time_limit_s, 1, 24 * 3600)
+
+
+LIMITS = Limits()
 
 
 def user_facing(fn):
@@ -72,6 +94,9 @@ def user_facing(fn):
 # ----- text to image ---------------------------------------------------------------------
 def image_request(prompt, negative_prompt, num_images, cfg_scale, temperature, seed, randomize_seed=False):
     """An `ImageRequest` from widget values; a random seed is drawn here so it can be shown at once."""
+    check_int("num_images", num_images, 1, LIMITS.max_images)
+    check_number("cfg_scale", cfg_scale, *CFG_RANGE)
+    check_number("temperature", temperature, *TEMPERATURE_RANGE)
     if randomize_seed or seed is None:
         seed = secrets.randbelow(MAX_SEED + 1)
     return ImageRequest(
@@ -106,18 +131,28 @@ def _remove_old_outputs() -> None:
 
 
 def gallery_stream(request: ImageRequest) -> Iterator[tuple]:
-    """(gallery, status, seed) updates: previews as rows complete, then the saved PNGs."""
+    """(gallery, status, seed) updates: previews as rows complete, progress text at most every
+    UPDATE_EVERY_S, the saved PNGs at the end; `gr.skip()` for widgets with nothing new.
+    Something is yielded at every heartbeat of the model's thread, so a Stop or a closed tab
+    can close this generator, and so stop the model, at once."""
     started = time.perf_counter()
-    sent = 0.0
+    shown = -UPDATE_EVERY_S
     yield gr.skip(), f"Starting… seed {request.seed}", request.seed
-    for event in gpu_tasks.draw(request):
-        elapsed = time.perf_counter() - started
-        if isinstance(event, GenerationResult):
-            count = len(event.images)
-            yield save_outputs(event), f"Done: {count} image{'s' * (count > 1)} in {elapsed:.1f} s · seed {event.seed}", event.seed
-        elif event.preview is not None or elapsed - sent >= UPDATE_EVERY_S:
-            sent = elapsed
-            yield (event.preview if event.preview is not None else gr.skip()), progress_text(event, elapsed), gr.skip()
+    with closing(gpu_tasks.draw(request, LIMITS.time_limit_s)) as batches:
+        for batch in batches:
+            elapsed = time.perf_counter() - started
+            result = next((e for e in batch if isinstance(e, GenerationResult)), None)
+            if result is not None:
+                count = len(result.images)
+                done = f"Done: {count} image{'s' * (count > 1)} in {elapsed:.1f} s · seed {result.seed}"
+                yield save_outputs(result), done, result.seed
+                continue
+            preview = next((e.preview for e in reversed(batch) if e.preview is not None), None)
+            status = gr.skip()
+            if batch and (preview is not None or elapsed - shown >= UPDATE_EVERY_S):
+                shown = elapsed
+                status = progress_text(batch[-1], elapsed)
+            yield (preview if preview is not None else gr.skip()), status, gr.skip()
 
 
 @user_facing
@@ -129,12 +164,10 @@ def draw(prompt, negative_prompt, num_images, cfg_scale, temperature, seed, rand
 
 @user_facing
 def api_generate(prompt: str, num_images: int = 4, cfg_scale: float = 5.0, temperature: float = 1.0, seed=None):
-    """Draw `num_images` images; returns them (PNGs with their parameters) and the seed used."""
+    """Draw `num_images` images: streams previews, ends with the PNGs (parameters in their metadata) and the seed."""
     request = image_request(prompt, None, num_images, cfg_scale, temperature, seed)
-    for event in gpu_tasks.draw(request):
-        if isinstance(event, GenerationResult):
-            return save_outputs(event), event.seed
-    raise RuntimeError("image stream ended without a result")
+    for gallery, _, shown_seed in gallery_stream(request):
+        yield gallery, shown_seed
 
 
 # ----- chat about images -----------------------------------------------------------------
@@ -165,6 +198,7 @@ def add_user_message(history: list[dict], message: dict):
     files = (message or {}).get("files") or []
     if not text.strip() and not files:
         raise InputError("Type a question, or attach an image.")
+    check_text("message", text, MAX_MESSAGE_CHARS, required=False)
     for path in files:
         open_image(path)
     content = [{"type": "file", "file": {"path": path, "mime_type": mimetypes.guess_type(path)[0] or "image/png"}}
@@ -174,17 +208,28 @@ def add_user_message(history: list[dict], message: dict):
     return [*history, {"role": "user", "content": content}], gr.MultimodalTextbox(value=None, interactive=False)
 
 
+def chat_settings(temperature, top_p, max_new_tokens, seed) -> ChatSettings:
+    check_number("temperature", temperature, *TEMPERATURE_RANGE)
+    check_int("max_new_tokens", max_new_tokens, *MAX_NEW_TOKENS_RANGE)
+    return ChatSettings(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
+
+
+def answer_stream(messages: list[dict], settings: ChatSettings) -> Iterator[str]:
+    """Check the conversation here, before any GPU time is asked for, then stream the answer."""
+    normalize_conversation(messages, gpu_tasks.current().responder.control_tokens, "")
+    with closing(gpu_tasks.answer(messages, settings, LIMITS.time_limit_s)) as pieces:
+        yield from pieces
+
+
 @user_facing
 def respond(history: list[dict], temperature, top_p, max_new_tokens, seed):
     """Stream the assistant's answer to the conversation into the chat."""
-    settings = ChatSettings(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
+    settings = chat_settings(temperature, top_p, max_new_tokens, seed)
     messages = history_to_messages(history)
-    engine = gpu_tasks.current()
-    normalize_conversation(messages, engine.responder.control_tokens, "")  # refuse bad input before the GPU
     answer = {"role": "assistant", "content": ""}
     history = [*history, answer]
     yield history
-    for piece in gpu_tasks.answer(messages, settings):
+    for piece in answer_stream(messages, settings):
         answer["content"] += piece
         yield history
 
@@ -200,15 +245,14 @@ def retry(history: list[dict], temperature, top_p, max_new_tokens, seed):
 def api_understand(image: str, question: str, temperature: float = 0.1, top_p: float = 0.95,
                    max_new_tokens: int = 512, seed=None):
     """Answer `question` about `image`; streams the answer as it grows."""
-    settings = ChatSettings(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
+    settings = chat_settings(temperature, top_p, max_new_tokens, seed)
     if not image:
         raise InputError("Attach an image to ask about.")
-    if not isinstance(question, str) or not question.strip():
-        raise InputError("Ask a question about the image.")
+    check_text("question", question, MAX_MESSAGE_CHARS)
     messages = [{"role": "user", "content": [{"type": "image", "image": open_image(image)},
                                              {"type": "text", "text": question}]}]
     answer = ""
     yield answer
-    for piece in gpu_tasks.answer(messages, settings):
+    for piece in answer_stream(messages, settings):
         answer += piece
         yield answer

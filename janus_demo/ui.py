@@ -27,8 +27,11 @@ def _examples() -> dict:
     return json.loads((EXAMPLES / "examples.json").read_text())
 
 
-def build_demo(*, model_name: str, max_images: int = 16, concurrency: int = 1) -> gr.Blocks:
+def build_demo(
+    *, model_name: str, max_images: int = 16, concurrency: int = 1, time_limit_s: float = 900.0
+) -> gr.Blocks:
     """The whole app; `handlers` must reach a loaded engine through `gpu_tasks.install`."""
+    handlers.LIMITS = handlers.Limits(max_images=max_images, time_limit_s=time_limit_s)
     gpu = {"concurrency_id": GPU, "concurrency_limit": concurrency}
     with gr.Blocks(title="Janus-Pro demo", delete_cache=(3600, 24 * 3600)) as demo:
         gr.Markdown(
@@ -48,13 +51,14 @@ def build_demo(*, model_name: str, max_images: int = 16, concurrency: int = 1) -
                     chat_retry = gr.Button("Retry", size="sm", elem_id="chat-retry")
                     chat_clear = gr.Button("Clear", size="sm", elem_id="chat-clear")
                 with gr.Accordion("Settings", open=False, elem_id="chat-settings"):
-                    chat_temperature = gr.Slider(0, 1.5, value=0.1, step=0.05, label="Temperature (0 = greedy)")
+                    chat_temperature = gr.Slider(*handlers.TEMPERATURE_RANGE, value=0.1, step=0.05,
+                                                 label="Temperature (0 = greedy)")
                     chat_top_p = gr.Slider(0.05, 1, value=0.95, step=0.05, label="Top-p")
-                    chat_max_tokens = gr.Slider(16, 1024, value=512, step=16, label="Max new tokens",
-                                                elem_id="chat-max-tokens")
+                    chat_max_tokens = gr.Slider(*handlers.MAX_NEW_TOKENS_RANGE, value=512, step=1,
+                                                label="Max new tokens", elem_id="chat-max-tokens")
                     chat_seed = gr.Number(value=None, precision=0, minimum=0, maximum=MAX_SEED,
                                           label="Seed (empty = random)")
-                gr.Examples(chat_examples(), inputs=[textbox], label="Examples")
+                gr.Examples(chat_examples(), inputs=[textbox], label="Examples", cache_examples=False)
 
             with gr.Tab("Draw", id="draw", elem_id="draw-tab"):
                 with gr.Row():
@@ -66,8 +70,10 @@ def build_demo(*, model_name: str, max_images: int = 16, concurrency: int = 1) -
                             draw_stop = gr.Button("Stop", variant="stop", elem_id="draw-stop")
                         num_images = gr.Slider(1, max_images, value=min(4, max_images), step=1,
                                                label="Parallel samples")
-                        cfg_scale = gr.Slider(1, 10, value=5, step=0.5, label="CFG scale (1 = off, twice as fast)")
-                        temperature = gr.Slider(0, 2, value=1, step=0.05, label="Temperature (0 = greedy)")
+                        cfg_scale = gr.Slider(*handlers.CFG_RANGE, value=5, step=0.5,
+                                              label="CFG scale (1 = off, twice as fast)")
+                        temperature = gr.Slider(*handlers.TEMPERATURE_RANGE, value=1, step=0.05,
+                                                label="Temperature (0 = greedy)")
                         with gr.Row():
                             seed = gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed",
                                              elem_id="seed")
@@ -75,7 +81,7 @@ def build_demo(*, model_name: str, max_images: int = 16, concurrency: int = 1) -
                         with gr.Accordion("Advanced", open=False):
                             negative = gr.Textbox(label="Negative prompt", lines=2,
                                                   placeholder="What the images should avoid (replaces the empty prompt CFG compares with)")
-                        gr.Examples(prompt_examples(), inputs=[prompt], label="Example prompts")
+                        gr.Examples(prompt_examples(), inputs=[prompt], label="Example prompts", cache_examples=False)
                     with gr.Column(scale=3):
                         status = gr.Markdown(elem_id="status")
                         gallery = gr.Gallery(label="Images", columns=4, height=560, format="png", elem_id="gallery",
