@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -73,6 +74,39 @@ class RunningApp:
             self.process.wait(timeout=20)
         except subprocess.TimeoutExpired:
             self.process.kill()
+
+
+@pytest.fixture(scope="session")
+def run_app():
+    """Start another `python app.py` (with its own flags or environment); stop it yourself."""
+    return RunningApp
+
+
+@pytest.fixture(scope="session")
+def serve():
+    """`app.create_app` launched in this process, so tests can inject faults; yields (demo, client)."""
+
+    @contextlib.contextmanager
+    def served(*flags: str):
+        from gradio_client import Client
+
+        sys.path.insert(0, str(ROOT))
+        try:
+            import app
+        finally:
+            sys.path.remove(str(ROOT))
+        args = app.parse_args(["--model", "tiny-random", *flags])
+        demo = app.create_app(args)
+        demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True,
+                    max_file_size=args.max_file_size)
+        client = Client(demo.local_url, verbose=False)
+        try:
+            yield demo, client
+        finally:
+            client.close()
+            demo.close()
+
+    return served
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -49,17 +50,23 @@ RECORDER = """
 
 
 @pytest.fixture(scope="module")
-def page(app):
+def browser():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 1100})
-        page.goto(app.url)
-        page.wait_for_selector("#chat-input textarea")
-        page.evaluate(RECORDER)
-        yield page
-        browser.close()
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module")
+def page(app, browser):
+    page = browser.new_page(viewport={"width": 1280, "height": 1100})
+    page.goto(app.url)
+    page.wait_for_selector("#chat-input textarea")
+    page.evaluate(RECORDER)
+    yield page
+    page.close()
 
 
 def test_chat_tab_streams_an_answer_about_an_uploaded_image(page, artifacts):
@@ -126,3 +133,61 @@ def test_draw_tab_shows_previews_then_final_images(page, artifacts, tmp_path):
     params = read_png_params(saved)
     assert params["prompt"] == "a watercolor fox in the snow" and params["seed"] == seed
     assert params["num_images"] == 4 and params["model"] == "random:tiny"
+
+
+def ask(page, question: str) -> None:
+    page.locator("#chat-input textarea").fill(question)
+    page.locator("#chat-input textarea").press("Enter")
+    page.wait_for_function(
+        "(q) => [...document.querySelectorAll('#chatbot [data-testid=\"user\"]')].some(m => m.innerText.includes(q))",
+        arg=question, timeout=30_000,
+    )
+    page.wait_for_function("() => !document.querySelector('#chat-input textarea').disabled", timeout=120_000)
+
+
+def test_each_visitor_has_their_own_conversation(app, browser, artifacts):
+    contexts = [browser.new_context() for _ in range(2)]
+    alice, bob = (context.new_page() for context in contexts)
+    for visitor in (alice, bob):
+        visitor.goto(app.url)
+        visitor.wait_for_selector("#chat-input textarea")
+    ask(alice, "Alice asks about apples")
+    ask(bob, "Bob asks about boats")
+    ask(alice, "Alice again")
+    alice_text, bob_text = alice.locator("#chatbot").inner_text(), bob.locator("#chatbot").inner_text()
+    alice.screenshot(path=str(artifacts / "session-alice.png"))
+    for context in contexts:
+        context.close()
+    assert "Alice asks about apples" in alice_text and "Alice again" in alice_text and "Bob" not in alice_text
+    assert "Bob asks about boats" in bob_text and "Alice" not in bob_text
+
+
+def test_closing_the_tab_stops_the_model(serve, browser, monkeypatch):
+    from janus_demo import gpu_tasks
+
+    with serve() as (demo, _):
+        language_model = gpu_tasks.current().model.model.language_model
+        original_forward = language_model.forward
+        steps: list[float] = []
+
+        def counted(*args, **kwargs):
+            steps.append(time.monotonic())
+            return original_forward(*args, **kwargs)
+
+        monkeypatch.setattr(language_model, "forward", counted)
+        visitor = browser.new_page()
+        visitor.goto(demo.local_url)
+        visitor.get_by_role("tab", name="Draw").click()
+        visitor.locator("#prompt textarea").fill("a very slow picture")
+        samples = visitor.locator("#draw-tab input[type=number]").first  # "Parallel samples"
+        samples.fill("16")
+        samples.press("Enter")
+        visitor.locator("#generate").click()
+        visitor.wait_for_function("() => (document.querySelector('#status')?.innerText || '').startsWith('Step')",
+                                  timeout=60_000)
+        closed_at = time.monotonic()
+        visitor.close()
+        time.sleep(3)
+    late = [t for t in steps if t > closed_at]
+    assert len(steps) < 576, "the 16-image run was not finished when the tab closed"
+    assert not late or late[-1] - closed_at < 1.0, late[-1] - closed_at

@@ -26,9 +26,11 @@ def test_app_imports_spaces_before_anything_else():
 
 def test_gpu_durations_follow_the_request():
     small, large = ImageRequest("x", num_images=1), ImageRequest("x", num_images=16)
-    assert 0 < gpu_tasks.image_seconds(small) < gpu_tasks.image_seconds(large) <= gpu_tasks.MAX_SECONDS
+    assert 0 < gpu_tasks.image_seconds(small, 900) < gpu_tasks.image_seconds(large, 900) <= gpu_tasks.MAX_SECONDS
+    assert gpu_tasks.image_seconds(large, 30) == 30  # never more than the app's time limit
     short, long = ChatSettings(max_new_tokens=32), ChatSettings(max_new_tokens=1024)
-    assert 0 < gpu_tasks.answer_seconds([], short) < gpu_tasks.answer_seconds([], long) <= gpu_tasks.MAX_SECONDS
+    assert 0 < gpu_tasks.answer_seconds([], short, 900) < gpu_tasks.answer_seconds([], long, 900)
+    assert gpu_tasks.answer_seconds([], long, 900) <= gpu_tasks.MAX_SECONDS
 
 
 def test_gpu_functions_take_and_give_only_picklable_values(engine):
@@ -36,12 +38,12 @@ def test_gpu_functions_take_and_give_only_picklable_values(engine):
     gpu_tasks.install(engine)
     request = ImageRequest("a cat", num_images=1, seed=1)
     assert pickle.loads(pickle.dumps(request)) == request
-    events = [pickle.loads(pickle.dumps(event)) for event in gpu_tasks.draw(request)]
-    assert events[-1].images[0].size == (384, 384)
+    batches = [pickle.loads(pickle.dumps(batch)) for batch in gpu_tasks.draw(request, 900)]
+    assert batches[-1][-1].images[0].size == (384, 384)
     messages = [{"role": "user", "content": [{"type": "image", "image": Image.new("RGB", (8, 8))},
                                              {"type": "text", "text": "hi"}]}]
     assert len(pickle.dumps(messages)) < 10_000
-    assert "".join(gpu_tasks.answer(pickle.loads(pickle.dumps(messages)), ChatSettings(max_new_tokens=4)))
+    assert "".join(gpu_tasks.answer(pickle.loads(pickle.dumps(messages)), ChatSettings(max_new_tokens=4), 900))
 
 
 def test_on_zerogpu_the_gpu_functions_are_wrapped_with_their_durations():
