@@ -22,15 +22,17 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from transformers import StaticCache
 
 from .cancellation import CancelCheck, as_cancel_check
 from .errors import Cancelled, OutOfMemory
 from .images import NEUTRAL_GRAY, decoded_to_images, save_png
-from .memory import is_out_of_memory, release_memory
+from .memory import RESERVE_BYTES, SAFETY, free_bytes, is_out_of_memory, plan_chunks, release_memory, request_memory
 from .prompts import control_tokens, neutralize
-from .sampling import choose_tokens, image_uniforms
+from .sampling import image_uniforms
+from .token_loop import TokenLoop, cuda_graphs_wanted
 from .validation import MAX_IMAGES, MAX_PROMPT_CHARS, MAX_SEED, check_int, check_number, check_text
+
+DECODE_BATCH = 4  # images per VQ-decoder pass: bounds the decoder's activation memory
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,11 @@ class ImageRequest:
     top_p: float | None = None
     seed: int | None = None
     negative_prompt: str | None = None
+
+    @property
+    def sampling(self) -> tuple:
+        """Requests with equal sampling settings can share one decoding loop."""
+        return (self.uses_cfg, self.cfg_scale, self.temperature, self.top_k, self.top_p)
 
     def __post_init__(self) -> None:
         checked = {
@@ -68,11 +75,43 @@ class ImageRequest:
 
 @dataclass
 class Progress:
-    """Reported after every decoding step; `preview` is set now and then (partial images)."""
+    """Reported after every decoding step; `preview` is set now and then (partial images), and
+    `note` says something the user should know (such as drawing in memory-sized batches)."""
 
     step: int
     total: int
     preview: list[Image.Image] | None = None
+    note: str | None = None
+
+
+@dataclass
+class Slice:
+    """Images first..first+count-1 of a request (image i samples with seed + i); `tokens` once decoded."""
+
+    request: ImageRequest
+    seed: int
+    first: int
+    count: int
+    tokens: torch.Tensor | None = None
+
+
+class PreviewBudget:
+    """Allows a preview while preview time stays within `fraction` of the decoding time."""
+
+    def __init__(self, fraction: float) -> None:
+        self.fraction = fraction
+        self.started = time.perf_counter()
+        self.spent = 0.0
+
+    def allows(self) -> bool:
+        decoding = time.perf_counter() - self.started - self.spent
+        return self.spent <= self.fraction * decoding
+
+    def __enter__(self) -> None:
+        self._t0 = time.perf_counter()
+
+    def __exit__(self, *exc) -> None:
+        self.spent += time.perf_counter() - self._t0
 
 
 @dataclass
@@ -130,10 +169,17 @@ class ImageGenerator:
 
     def rows(self, request: ImageRequest, count: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Input ids and attention mask for `count` images: [cond x count, uncond x count], left-padded."""
-        cond = self.prompt_ids(request.prompt)
-        sequences = [cond] * count
-        if request.uses_cfg:
-            sequences += [self.unconditional_ids(cond, request.negative_prompt)] * count
+        return self.slice_rows([Slice(request, seed=0, first=0, count=count)])
+
+    def slice_rows(self, slices: list[Slice]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows for several slices in one loop: every conditional row first, then every unconditional one."""
+        cond, uncond = [], []
+        for part in slices:
+            prompt = self.prompt_ids(part.request.prompt)
+            cond += [prompt] * part.count
+            if part.request.uses_cfg:
+                uncond += [self.unconditional_ids(prompt, part.request.negative_prompt)] * part.count
+        sequences = cond + uncond
         length = max(len(s) for s in sequences)
         ids = torch.full((len(sequences), length), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(sequences), length), dtype=torch.long)
@@ -170,76 +216,79 @@ class ImageGenerator:
             "CFG scale 1 (half the memory), or a smaller model."
         )
 
+    def images_that_fit(self, request: ImageRequest, prompt_tokens: int, most: int | None = None) -> int:
+        """How many images like the request's one decoding loop can hold in free memory (at least 1)."""
+        budget = free_bytes(self.device) / SAFETY - RESERVE_BYTES
+        precision = {"llm_dtype": self.model.model.language_model.dtype, "vq_dtype": self.model.model.vqmodel.dtype}
+        for count in range(most or request.num_images, 1, -1):
+            need = request_memory(self.model.config, images=count, cfg=request.uses_cfg, prompt_tokens=prompt_tokens,
+                                  decode_batch=min(count, DECODE_BATCH), **precision)
+            if need.peak <= budget:
+                return count
+        return 1
+
     @torch.inference_mode()
+    def decode_slices(self, slices: list[Slice], *, is_cancelled, budget: PreviewBudget) -> Iterator[tuple]:
+        """One decoding loop for all `slices` (same sampling settings). Yields (steps done, per-slice
+        previews or None) and, when all 576 steps are done, sets each slice's `tokens`."""
+        ids, mask = self.slice_rows(slices)
+        uniforms = [image_uniforms(part.seed, part.first + i, self.num_tokens)
+                    for part in slices for i in range(part.count)]
+        request = slices[0].request
+        loop = TokenLoop(self.model, ids, mask, uniforms=torch.stack(uniforms).to(self.device),
+                         cfg_scale=request.cfg_scale, temperature=request.temperature, top_k=request.top_k,
+                         top_p=request.top_p, num_tokens=self.num_tokens)
+        counts = [part.count for part in slices]
+        steps = loop.steps(use_cuda_graph=cuda_graphs_wanted(self.device))
+        done = 0
+        try:
+            for step in steps if not is_cancelled() else ():
+                done = step + 1
+                previews = None
+                if done % self.grid == 0 and done < self.num_tokens and budget.allows():
+                    with budget:
+                        flat = self.preview(loop.tokens[:, :done])
+                    previews = [flat[sum(counts[:i]) : sum(counts[: i + 1])] for i in range(len(counts))]
+                yield done, previews
+                if is_cancelled():
+                    break
+        finally:
+            steps.close()
+            tokens = loop.tokens
+            loop.release()  # the KV cache goes now, also on cancel or error
+        if done < self.num_tokens:
+            raise Cancelled("Generation was stopped.")
+        for part, part_tokens in zip(slices, tokens.split(counts)):
+            part.tokens = part_tokens
+
     def _stream(self, request: ImageRequest, cancel: CancelCheck, preview_budget: float):
         is_cancelled = as_cancel_check(cancel)
         seed = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1)
         n = request.num_images
-        uniforms = torch.stack([image_uniforms(seed, i, self.num_tokens) for i in range(n)]).to(self.device)
-        tokens = torch.empty((n, self.num_tokens), dtype=torch.long, device=self.device)
-        started = time.perf_counter()
-        preview_time = 0.0
-        steps = self._decode_steps(request, tokens, uniforms, is_cancelled)
-        done = 0
-        try:
-            for step in steps:
-                done = step + 1
+        chunks = plan_chunks(n, self.images_that_fit(request, self.rows(request, 1)[0].shape[1]))
+        note = None
+        if len(chunks) > 1:
+            note = (f"Memory allows {chunks[0]} images at a time, so the {n} images are drawn in {len(chunks)} "
+                    "batches; they are the same images as in one batch.")
+        total = self.num_tokens * len(chunks)
+        budget = PreviewBudget(preview_budget)
+        finished: list[Image.Image] = []
+        finished_tokens: list[torch.Tensor] = []
+        for index, count in enumerate(chunks):
+            part = Slice(request, seed, first=len(finished), count=count)
+            for done, previews in self.decode_slices([part], is_cancelled=is_cancelled, budget=budget):
                 preview = None
-                if (step + 1) % self.grid == 0 and step + 1 < self.num_tokens:
-                    elapsed = time.perf_counter() - started
-                    if preview_time <= preview_budget * (elapsed - preview_time):
-                        t0 = time.perf_counter()
-                        preview = self.preview(tokens[:, : step + 1])
-                        preview_time += time.perf_counter() - t0
-                yield Progress(step + 1, self.num_tokens, preview)
-        finally:
-            steps.close()  # releases the KV cache at once, also on cancel or error
-        if done < self.num_tokens:
-            raise Cancelled("Generation was stopped.")
-        images = self.decode(tokens)
-        yield GenerationResult(images=images, tokens=tokens.cpu(), seed=seed, params=self.params(request, seed))
-
-    def _decode_steps(self, request: ImageRequest, tokens, uniforms, is_cancelled) -> Iterator[int]:
-        """The loop proper: fills `tokens` column by column, yielding the step index."""
-        model = self.model
-        language_model = model.model.language_model
-        head = model.model.generation_head
-        n = tokens.shape[0]
-        ids, mask = self.rows(request, n)
-        rows, length = ids.shape
-        cache = StaticCache(config=model.config.get_text_config(decoder=True), max_cache_len=length + self.num_tokens)
-        full_mask = torch.ones((rows, length + self.num_tokens), dtype=mask.dtype, device=mask.device)
-        full_mask[:, :length] = mask
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        embeds = model.get_input_embeddings()(ids)
-        try:
-            for step in range(self.num_tokens):
-                if is_cancelled():
-                    return
-                hidden = language_model(
-                    inputs_embeds=embeds,
-                    attention_mask=full_mask[:, : length + step],
-                    position_ids=positions,
-                    cache=cache,
-                    use_cache=True,
-                ).last_hidden_state[:, -1, :]
-                logits = head(hidden)
-                if request.uses_cfg:
-                    cond, uncond = logits[:n], logits[n:]
-                    logits = uncond + (cond - uncond) * request.cfg_scale
-                picked = choose_tokens(
-                    logits, uniforms[:, step], temperature=request.temperature, top_k=request.top_k, top_p=request.top_p
-                )
-                tokens[:, step] = picked
-                step_ids = picked.repeat(rows // n).unsqueeze(-1)
-                embeds = model.prepare_embeddings_for_image_generation(step_ids)
-                positions = positions[:, -1:] + 1
-                yield step
-        finally:
-            del cache, embeds
+                if previews is not None:
+                    waiting = [self.blank(previews[0][0].width)] * (n - len(finished) - count)
+                    preview = finished + previews[0] + waiting
+                yield Progress(index * self.num_tokens + done, total, preview, note)
+            finished += self.decode(part.tokens)
+            finished_tokens.append(part.tokens.cpu())
+        yield GenerationResult(images=finished, tokens=torch.cat(finished_tokens), seed=seed,
+                               params=self.params(request, seed))
 
     @torch.inference_mode()
-    def decode(self, tokens: torch.Tensor, batch: int = 4) -> list[Image.Image]:
+    def decode(self, tokens: torch.Tensor, batch: int = DECODE_BATCH) -> list[Image.Image]:
         """Full VQ decode, a few images at a time to bound activation memory."""
         images: list[Image.Image] = []
         for chunk in tokens.split(batch):
@@ -247,21 +296,23 @@ class ImageGenerator:
         return images
 
     @torch.inference_mode()
-    def preview(self, tokens: torch.Tensor) -> list[Image.Image]:
+    def preview(self, tokens: torch.Tensor, batch: int = DECODE_BATCH) -> list[Image.Image]:
         """Decode only the finished rows (the decoder is convolutional) onto a gray canvas."""
         vq = self.model.model.vqmodel
-        n, done = tokens.shape
-        rows = done // self.grid
-        codes = F.normalize(vq.quantize.embedding(tokens[:, : rows * self.grid]), p=2, dim=-1)
-        codes = codes.view(n, rows, self.grid, -1).permute(0, 3, 1, 2).contiguous()
-        strips = decoded_to_images(vq.decoder(vq.post_quant_conv(codes)).permute(0, 2, 3, 1))
-        side = strips[0].width
+        rows = tokens.shape[1] // self.grid
         previews = []
-        for strip in strips:
-            canvas = Image.new("RGB", (side, side), NEUTRAL_GRAY)
-            canvas.paste(strip, (0, 0))
-            previews.append(canvas)
+        for chunk in tokens[:, : rows * self.grid].split(batch):
+            codes = F.normalize(vq.quantize.embedding(chunk), p=2, dim=-1)
+            codes = codes.view(len(chunk), rows, self.grid, -1).permute(0, 3, 1, 2).contiguous()
+            for strip in decoded_to_images(vq.decoder(vq.post_quant_conv(codes)).permute(0, 2, 3, 1)):
+                canvas = self.blank(strip.width)
+                canvas.paste(strip, (0, 0))
+                previews.append(canvas)
         return previews
+
+    @staticmethod
+    def blank(side: int) -> Image.Image:
+        return Image.new("RGB", (side, side), NEUTRAL_GRAY)
 
     def params(self, request: ImageRequest, seed: int) -> dict:
         return {

@@ -111,7 +111,8 @@ def image_request(prompt, negative_prompt, num_images, cfg_scale, temperature, s
 
 def progress_text(event: Progress, elapsed: float) -> str:
     left = elapsed / event.step * (event.total - event.step)
-    return f"Step {event.step} / {event.total} · {elapsed:.0f} s elapsed · about {left:.0f} s left"
+    text = f"Step {event.step} / {event.total} · {elapsed:.0f} s elapsed · about {left:.0f} s left"
+    return f"{text}\n\n{event.note}" if event.note else text
 
 
 def save_outputs(result: GenerationResult) -> list[tuple[str, str]]:

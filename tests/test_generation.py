@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import DynamicCache, StaticCache
 
-from janus_demo import Cancelled, GenerationResult, InputError
+from janus_demo import Cancelled, GenerationResult, ImageRequest, InputError
 from janus_demo.images import read_png_params
 
 
@@ -171,8 +171,6 @@ def test_negative_prompt_replaces_unconditional_rows(engine):
 
 
 def _request(prompt, **kwargs):
-    from janus_demo import ImageRequest
-
     return ImageRequest(prompt=prompt, **kwargs)
 
 
@@ -291,3 +289,55 @@ def test_result_saves_pngs_with_parameters(engine, tmp_path):
     options = {k: params.get(k) for k in ("num_images", "seed", "cfg_scale", "temperature", "top_k", "top_p")}
     again = engine.generate_images(params["prompt"], **options)
     assert torch.equal(again.tokens[params["image_index"]], result.tokens[1])
+
+
+def test_decode_step_only_updates_its_buffers_in_place(engine):
+    """What makes the CUDA-graph replay valid: after the prefill, a step changes the contents of
+    fixed tensors (same storage), never which tensors they are."""
+    from janus_demo.token_loop import TokenLoop
+
+    ids, mask = engine.generator.rows(ImageRequest("a cat", num_images=2), 2)
+    loop = TokenLoop(engine.model, ids, mask, uniforms=torch.rand(2, 576), cfg_scale=5.0, temperature=1.0,
+                     top_k=None, top_p=None, num_tokens=576)
+    steps = loop.steps(use_cuda_graph=False)
+    next(steps)
+
+    def buffers():
+        tensors = [loop.embeds, loop.positions, loop.mask, loop.step, loop.tokens, loop.uniforms]
+        tensors += [t for layer in loop.cache.layers for t in (layer.keys, layer.values, layer.cumulative_length)]
+        return [(t.data_ptr(), tuple(t.shape)) for t in tensors]
+
+    before = buffers()
+    step_before = loop.step.item()
+    next(steps)
+    next(steps)
+    assert buffers() == before
+    assert loop.step.item() == step_before + 2
+    steps.close()
+
+
+def test_a_failed_cuda_graph_capture_falls_back_to_eager(monkeypatch, caplog):
+    from janus_demo import token_loop
+
+    class BrokenGraph:
+        def __init__(self, *args, **kwargs):
+            raise RuntimeError("operation not permitted when stream is capturing")
+
+    class FakeStream:
+        device = torch.device("cuda")
+
+        def wait_stream(self, other):
+            pass
+
+    monkeypatch.setattr(token_loop, "_graphs_broken", False)
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", BrokenGraph)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: FakeStream())
+    loop = token_loop.TokenLoop.__new__(token_loop.TokenLoop)
+    assert loop._capture(FakeStream()) is None  # the caller keeps the eager step
+    assert "decoding eagerly" in caplog.text
+    assert not token_loop.cuda_graphs_wanted(torch.device("cuda"))  # and later requests skip capture
+    monkeypatch.setattr(token_loop, "_graphs_broken", False)
+    monkeypatch.setenv("JANUS_CUDA_GRAPHS", "0")
+    assert not token_loop.cuda_graphs_wanted(torch.device("cuda"))
+    monkeypatch.delenv("JANUS_CUDA_GRAPHS")
+    assert token_loop.cuda_graphs_wanted(torch.device("cuda")) and not token_loop.cuda_graphs_wanted(torch.device("cpu"))

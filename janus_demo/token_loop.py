@@ -1,0 +1,152 @@
+"""The 576-step loop that turns prompt rows into image tokens, fast on a GPU.
+
+The prompt is prefilled eagerly. Every later step is one function over fixed buffers (the
+next input embedding, positions, a 4D attention mask, a step counter, the token grid and
+the per-image uniforms) and a static KV cache, with no Python value that changes between
+steps. On CUDA that step is captured once as a CUDA graph and replayed 575 times: one
+launch per step instead of hundreds, and no host sync in the loop. Anywhere capture is
+impossible (the CPU, a failed capture) the same function simply runs eagerly, so both
+paths compute the same tokens. The host stays at most MAX_STEPS_AHEAD steps ahead of the
+GPU, so progress, previews and cancellation follow the GPU closely.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterator
+
+import torch
+from transformers import StaticCache
+
+from .sampling import choose_tokens
+
+logger = logging.getLogger(__name__)
+
+MAX_STEPS_AHEAD = 2  # steps queued on the GPU ahead of the host: hides launch gaps, bounds lag
+WARMUP_STEPS = 2  # eager steps (cuBLAS/cuDNN set-up) before a capture
+_graphs_broken = False  # set once a capture fails on this process's GPU; later requests skip it
+
+
+def cuda_graphs_wanted(device: torch.device) -> bool:
+    """CUDA graphs on CUDA devices, unless JANUS_CUDA_GRAPHS=0 or a capture already failed."""
+    return device.type == "cuda" and os.environ.get("JANUS_CUDA_GRAPHS", "1") != "0" and not _graphs_broken
+
+
+class TokenLoop:
+    """One request's decoding state. Iterate `steps()`; `tokens` fills column by column."""
+
+    def __init__(self, model, ids: torch.Tensor, mask: torch.Tensor, *, uniforms: torch.Tensor, cfg_scale: float,
+                 temperature: float, top_k: int | None, top_p: float | None, num_tokens: int) -> None:
+        self.model = model
+        self.num_images = uniforms.shape[0]
+        self.rows, self.length = ids.shape
+        self.cfg_scale = cfg_scale
+        self.sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p}
+        self.num_tokens = num_tokens
+        self.ids, self.prompt_mask = ids, mask
+        device = ids.device
+        max_len = self.length + num_tokens
+        self.cache = StaticCache(config=model.config.get_text_config(decoder=True), max_cache_len=max_len)
+        self.uniforms = uniforms
+        self.tokens = torch.zeros((self.num_images, num_tokens), dtype=torch.long, device=device)
+        self.step = torch.zeros(1, dtype=torch.long, device=device)  # index of the token being picked
+        self.slot_base = torch.full((1,), self.length, dtype=torch.long, device=device)
+        # Keys visible to the next query: the prompt's non-padding positions, then each new token's.
+        self.mask = torch.zeros((self.rows, 1, 1, max_len), dtype=torch.bool, device=device)
+        self.mask[:, 0, 0, : self.length] = mask.bool()
+        self.positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        self.embeds: torch.Tensor | None = None
+
+    # ----- the step ----------------------------------------------------------------------
+    def _pick(self, hidden: torch.Tensor) -> None:
+        """From the last hidden states: CFG, choose, record the token, prepare the next step."""
+        logits = self.model.model.generation_head(hidden)
+        n = self.num_images
+        if self.rows > n:  # conditional rows first, unconditional rows after
+            cond, uncond = logits[:n], logits[n:]
+            logits = uncond + (cond - uncond) * self.cfg_scale
+        uniforms = self.uniforms.index_select(1, self.step).squeeze(1)
+        picked = choose_tokens(logits, uniforms, **self.sampling)
+        self.tokens.index_copy_(1, self.step, picked.unsqueeze(1))
+        next_embeds = self.model.prepare_embeddings_for_image_generation(picked.repeat(self.rows // n).unsqueeze(-1))
+        if self.embeds is None:
+            self.embeds = next_embeds
+        else:
+            self.embeds.copy_(next_embeds)
+        self.mask.index_fill_(3, self.slot_base + self.step, True)  # where the new token's key goes
+        self.step.add_(1)
+
+    def _prefill(self) -> None:
+        language_model = self.model.model.language_model
+        hidden = language_model(
+            inputs_embeds=self.model.get_input_embeddings()(self.ids),
+            attention_mask=self.prompt_mask,
+            position_ids=self.positions,
+            cache=self.cache,
+            use_cache=True,
+        ).last_hidden_state[:, -1, :]
+        self.positions = self.positions[:, -1:] + 1
+        self._pick(hidden)
+
+    def _decode_step(self) -> None:
+        """One graph-safe step: only in-place updates of this object's tensors."""
+        hidden = self.model.model.language_model(
+            inputs_embeds=self.embeds,
+            attention_mask=self.mask,
+            position_ids=self.positions,
+            cache=self.cache,
+            use_cache=True,
+        ).last_hidden_state[:, -1, :]
+        self.positions.add_(1)
+        self._pick(hidden)
+
+    # ----- running it --------------------------------------------------------------------
+    def steps(self, *, use_cuda_graph: bool) -> Iterator[int]:
+        """Run the loop, yielding each step's index once it is queued; stop iterating to stop."""
+        device = self.ids.device
+        side = torch.cuda.Stream(device) if use_cuda_graph else None
+        done: list[torch.cuda.Event] = []
+        run = self._decode_step
+        self._prefill()
+        yield 0
+        for step in range(1, self.num_tokens):
+            if side is not None and step <= WARMUP_STEPS:
+                self._on_stream(side, self._decode_step)  # warm-up on the capture stream, as CUDA graphs need
+            else:
+                if side is not None and step == WARMUP_STEPS + 1:
+                    run = self._capture(side) or run
+                run()
+            if device.type == "cuda":  # keep the host close behind the GPU, without a full sync
+                done.append(torch.cuda.Event())
+                done[-1].record()
+                if len(done) > MAX_STEPS_AHEAD:
+                    done.pop(0).synchronize()
+            yield step
+
+    @staticmethod
+    def _on_stream(stream: torch.cuda.Stream, work: Callable[[], None]) -> None:
+        current = torch.cuda.current_stream(stream.device)
+        stream.wait_stream(current)
+        with torch.cuda.stream(stream):
+            work()
+        current.wait_stream(stream)
+
+    def _capture(self, stream: torch.cuda.Stream) -> Callable[[], None] | None:
+        """The decode step as a replayable CUDA graph, or None (logged) if capture fails."""
+        global _graphs_broken
+        try:
+            graph = torch.cuda.CUDAGraph()
+            stream.wait_stream(torch.cuda.current_stream(stream.device))
+            # thread_local: CUDA work of other requests' threads is neither captured nor refused
+            with torch.cuda.graph(graph, stream=stream, capture_error_mode="thread_local"):
+                self._decode_step()
+            return graph.replay
+        except Exception as exc:  # any capture problem: the eager step computes the same tokens
+            _graphs_broken = True
+            logger.warning("CUDA graph capture failed (%s); decoding eagerly from now on", exc)
+            return None
+
+    def release(self) -> None:
+        """Drop the KV cache and buffers now, not when the last reference goes."""
+        self.cache = self.embeds = self.mask = None
