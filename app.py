@@ -26,7 +26,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=int(env("GRADIO_SERVER_PORT", "7860")))
     parser.add_argument("--share", action="store_true", help="also make a public *.gradio.live link")
     parser.add_argument("--max-images", type=int, default=16, help="most parallel samples one request may ask for")
-    parser.add_argument("--concurrency", type=int, default=1, help="model requests running at once")
+    parser.add_argument("--concurrency", type=int, default=1, help="chat answers running at once")
+    parser.add_argument("--batch-users", type=int, default=1,
+                        help="image requests that may share one decoding loop: more images per second, but a "
+                             "seed's images can differ in a few tokens from a run alone (default 1: off; "
+                             "always off on ZeroGPU)")
     parser.add_argument("--queue-size", type=int, default=20, help="requests allowed to wait; more are refused")
     parser.add_argument("--max-file-size", default="20mb", help="largest upload accepted, e.g. 20mb")
     parser.add_argument("--timeout", type=float, default=900, help="seconds of model time one request may use")
@@ -36,12 +40,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def create_app(args: argparse.Namespace):
     """Load the model, then build the UI around it (raises JanusError with a readable message)."""
     from janus_demo import gpu_tasks, load_engine
+    from janus_demo.loading import on_zerogpu
     from janus_demo.ui import build_demo
 
     engine = load_engine(args.model, device=args.device, dtype=args.dtype)
+    batch_users = 1 if on_zerogpu() else args.batch_users  # each ZeroGPU call is a process of its own
+    engine.share_decoding(batch_users > 1)
     gpu_tasks.install(engine)
     demo = build_demo(model_name=engine.name, max_images=args.max_images, concurrency=args.concurrency,
-                      time_limit_s=args.timeout)
+                      batch_users=batch_users, time_limit_s=args.timeout)
     return demo.queue(max_size=args.queue_size, default_concurrency_limit=args.concurrency)
 
 

@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from .cancellation import CancelCheck
+from .batching import SharedDecoder
 from .chat import ChatResponder, ChatSettings
 from .generation import GenerationResult, ImageGenerator, ImageRequest, Progress
 
@@ -25,6 +26,17 @@ class JanusEngine:
         self.precision = precision
         self.responder = ChatResponder(model, processor)
         self.generator = ImageGenerator(model, processor, model_name=name)
+        self._images: ImageGenerator | SharedDecoder = self.generator
+
+    def share_decoding(self, enabled: bool = True) -> None:
+        """Let image requests from concurrent callers that arrive together share one decoding
+        loop (see batching.py): same images, far more of them per second on one device."""
+        self._images = SharedDecoder(self.generator) if enabled else self.generator
+
+    def image_stream(self, request: ImageRequest, *, cancel: CancelCheck = None,
+                     preview_budget: float = 0.05) -> Iterator[Progress | GenerationResult]:
+        """A validated request's progress events, then its result."""
+        return self._images.stream(request, cancel=cancel, preview_budget=preview_budget)
 
     def __repr__(self) -> str:
         return f"JanusEngine({self.name!r}, device={self.device}, llm_dtype={self.precision.llm})"
@@ -53,8 +65,7 @@ class JanusEngine:
         self, prompt: str, *, cancel: CancelCheck = None, preview_budget: float = 0.05, **options
     ) -> Iterator[Progress | GenerationResult]:
         """`generate_images` as a stream: a `Progress` per step, then the `GenerationResult`."""
-        request = ImageRequest(prompt=prompt, **options)
-        return self.generator.stream(request, cancel=cancel, preview_budget=preview_budget)
+        return self.image_stream(ImageRequest(prompt=prompt, **options), cancel=cancel, preview_budget=preview_budget)
 
     def generate_images(
         self,

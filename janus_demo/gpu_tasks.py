@@ -60,11 +60,11 @@ def draw(request: ImageRequest, time_limit_s: float) -> Iterator[list[Progress |
     The model runs in a thread of its own and a batch (maybe empty) comes every BEAT_S, so
     closing this generator (Stop, a closed tab) reaches the model within a beat.
     """
-    generator = current().generator
+    engine = current()
     deadline = time.monotonic() + time_limit_s
 
     def work(emit, stop) -> None:
-        for event in generator.stream(request, cancel=lambda: stop.is_set() or time.monotonic() > deadline):
+        for event in engine.image_stream(request, cancel=lambda: stop.is_set() or time.monotonic() > deadline):
             emit(event)
 
     try:

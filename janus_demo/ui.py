@@ -28,11 +28,16 @@ def _examples() -> dict:
 
 
 def build_demo(
-    *, model_name: str, max_images: int = 16, concurrency: int = 1, time_limit_s: float = 900.0
+    *, model_name: str, max_images: int = 16, concurrency: int = 1, batch_users: int = 1,
+    time_limit_s: float = 900.0,
 ) -> gr.Blocks:
-    """The whole app; `handlers` must reach a loaded engine through `gpu_tasks.install`."""
+    """The whole app; `handlers` must reach a loaded engine through `gpu_tasks.install`.
+
+    Chat answers run `concurrency` at a time. Image requests too, unless `batch_users` > 1:
+    then that many may be in flight, and the engine's shared decoder runs them in one loop."""
     handlers.LIMITS = handlers.Limits(max_images=max_images, time_limit_s=time_limit_s)
     gpu = {"concurrency_id": GPU, "concurrency_limit": concurrency}
+    draw_group = {"concurrency_id": "draw", "concurrency_limit": batch_users} if batch_users > 1 else gpu
     with gr.Blocks(title="Janus-Pro demo", delete_cache=(3600, 24 * 3600)) as demo:
         gr.Markdown(
             f"# Janus-Pro\nOne model that understands images and draws them · model: `{model_name}`",
@@ -115,12 +120,13 @@ def build_demo(
         drawing = gr.on(
             [draw_btn.click, prompt.submit], handlers.draw,
             [prompt, negative, num_images, cfg_scale, temperature, seed, randomize], [gallery, status, seed],
-            **gpu, **PRIVATE,
+            **draw_group, **PRIVATE,
         )
         draw_stop.click(None, cancels=[drawing], queue=False, **PRIVATE)
 
         # ----- public API -----
-        api_generate_btn.click(handlers.api_generate, api_generate_in, api_generate_out, api_name="generate", **gpu)
+        api_generate_btn.click(handlers.api_generate, api_generate_in, api_generate_out, api_name="generate",
+                               **draw_group)
         api_understand_btn.click(handlers.api_understand, api_understand_in, api_understand_out,
                                  api_name="understand", **gpu)
     return demo

@@ -217,7 +217,7 @@ def test_model_work_runs_one_at_a_time_and_the_queue_is_bounded(monkeypatch, ser
         spans.append((start, time.monotonic()))
 
     monkeypatch.setattr(gpu_tasks, "draw", timed)
-    with serve("--concurrency", "1", "--queue-size", "2") as (_, client):
+    with serve("--concurrency", "1", "--batch-users", "1", "--queue-size", "2") as (_, client):
         jobs = [client.submit(**{**GENERATE, "num_images": 4, "seed": i}, api_name="/generate") for i in range(5)]
         outcomes = []
         for job in jobs:
@@ -232,6 +232,37 @@ def test_model_work_runs_one_at_a_time_and_the_queue_is_bounded(monkeypatch, ser
     spans.sort()
     assert all(a_end <= b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:])), "no overlap on the model"
     SEEN.append(("more requests than the queue holds", full[0]))
+
+
+def test_concurrent_image_requests_share_one_loop_and_get_their_own_images(monkeypatch, serve):
+    from janus_demo.generation import ImageGenerator
+
+    loops: list[int] = []
+    original = ImageGenerator.decode_slices
+
+    def recording(self, slices, **kwargs):
+        loops.append(len(slices))
+        return original(self, slices, **kwargs)
+
+    monkeypatch.setattr(ImageGenerator, "decode_slices", recording)
+    def pixels(images):
+        out = []
+        for item in images:
+            with Image.open(item["image"]) as image:
+                out.append(image.tobytes())
+        return out
+
+    with serve("--batch-users", "3") as (_, client):
+        # One prompt (so no padding: exact equality with a loop of its own), three seeds.
+        asks = [{**GENERATE, "prompt": "a harbour at dawn", "num_images": 2, "seed": 50 + i} for i in range(3)]
+        jobs = [client.submit(**ask, api_name="/generate") for ask in asks]
+        together = [job.result(timeout=120) for job in jobs]
+        assert max(loops) >= 2, loops  # the requests were decoded together
+        alone = [client.predict(**ask, api_name="/generate") for ask in asks]  # one after the other
+    assert loops[-3:] == [1, 1, 1]
+    for ask, (images, seed), (own_images, _) in zip(asks, together, alone):
+        assert seed == ask["seed"]
+        assert pixels(images) == pixels(own_images), "the same images as a loop of its own"
 
 
 def test_a_cancelled_job_stops_promptly(monkeypatch, serve):
