@@ -1,0 +1,58 @@
+"""The benchmark scripts run (CI-sized) and report what they promise. No speed is asserted here:
+the figures are for people to read (README, Performance)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(script: str, *args: str, artifacts: Path, name: str) -> dict:
+    out = artifacts / name
+    done = subprocess.run([sys.executable, f"benchmarks/{script}", *args, "--json", str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    (artifacts / name.replace(".json", ".txt")).write_text(done.stdout)
+    return json.loads(out.read_text())
+
+
+def test_generation_benchmark_compares_three_loops_and_understanding(artifacts):
+    figures = run("bench_generation.py", "--arch", "tiny", "--num-images", "2", "--repeats", "1",
+                  "--understanding", "--new-tokens", "8", artifacts=artifacts, name="bench-generation-tiny.json")
+    images = figures["images"]
+    for name in ("engine", "transformers", "official"):
+        assert images[name]["seconds_per_image"] > 0 and images[name]["peak_memory_mb"] > 0
+    assert images["engine"]["first_preview_s"] is not None and images["transformers"]["first_preview_s"] is None
+    assert {"speedup_vs_transformers", "speedup_vs_official"} <= images["engine"].keys()
+    assert images["greedy_tokens_equal_transformers"] is True
+    assert figures["understanding"]["engine"]["decode_tokens_per_s"] > 0
+    assert "bandwidth_floor" not in images  # CUDA only
+
+
+def test_cfg_one_is_benchmarked_against_itself(artifacts):
+    figures = run("bench_generation.py", "--arch", "tiny", "--num-images", "1", "--repeats", "1", "--cfg-scale", "1",
+                  artifacts=artifacts, name="bench-generation-tiny-cfg1.json")
+    assert figures["images"]["engine"]["seconds"] > 0
+    assert "skipped" in figures["images"]["transformers"]  # it crashes without CFG
+
+
+def test_users_benchmark_compares_images_both_ways(artifacts):
+    figures = run("bench_users.py", "--arch", "tiny", "--users", "1", "2", artifacts=artifacts,
+                  name="bench-users-tiny.json")
+    assert [r["users"] for r in figures["runs"]] == [1, 2]
+    assert figures["runs"][0]["identical_users"] == 1  # alone in the "shared" loop: the same loop
+    assert all(0 < r["token_agreement"] <= 1 and r["throughput_ratio"] > 0 for r in figures["runs"])
+
+
+def test_cpu_parts_benchmark_times_every_part_per_setting(artifacts):
+    figures = run("bench_cpu_parts.py", "--arch", "tiny", "--threads", "1", "2", "--dtypes", "fp32", "--repeats", "1",
+                  "--prefill", "16", artifacts=artifacts, name="bench-cpu-parts-tiny.json")
+    parts = {row["part"] for row in figures["figures"]}
+    assert parts == {"llm step, 2 rows", "llm step, 8 rows", "llm prefill, 16 tokens", "vision, 1 image",
+                     "vq decode, 1 image", "vq decode, 1 image (unscaled)"}
+    assert {(row["threads"], row["dtype"]) for row in figures["figures"]} == {(1, "fp32"), (2, "fp32")}
+    assert all(row["seconds"] > 0 for row in figures["figures"])
