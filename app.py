@@ -28,9 +28,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-images", type=int, default=16, help="most parallel samples one request may ask for")
     parser.add_argument("--concurrency", type=int, default=1, help="chat answers running at once")
     parser.add_argument("--batch-users", type=int, default=1,
-                        help="image requests that may share one decoding loop: more images per second, but a "
-                             "seed's images can differ in a few tokens from a run alone (default 1: off; "
-                             "always off on ZeroGPU)")
+                        help="image requests that may share one decoding loop: more images per second, but "
+                             "a seed's images can come out different from a run alone when prompts differ in "
+                             "length (default 1: off; always off on ZeroGPU)")
     parser.add_argument("--queue-size", type=int, default=20, help="requests allowed to wait; more are refused")
     parser.add_argument("--max-file-size", default="20mb", help="largest upload accepted, e.g. 20mb")
     parser.add_argument("--timeout", type=float, default=900, help="seconds of model time one request may use")

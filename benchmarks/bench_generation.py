@@ -91,10 +91,10 @@ def sync(device: torch.device) -> None:
 
 
 # ----- the three implementations -----------------------------------------------------------
-def run_engine(engine, request: ImageRequest) -> dict:
+def run_engine(engine, request: ImageRequest, preview_budget: float = 0.05) -> dict:
     started = time.perf_counter()
     first_preview = None
-    for event in engine.generator.stream(request):
+    for event in engine.generator.stream(request, preview_budget=preview_budget):
         if isinstance(event, GenerationResult):
             result = event
         elif event.preview is not None and first_preview is None:
@@ -196,11 +196,13 @@ def bench_images(engine, args) -> dict:
             results[name] = {"skipped": "no CFG-free mode (transformers crashes at guidance_scale <= 1)"}
             continue
         RUNNERS[name](engine, ImageRequest(PROMPT, num_images=1, cfg_scale=args.cfg_scale, seed=SEED))  # warm-up
-        runs = []
+        runs, plain = [], []
         for _ in range(args.repeats):
             with PeakMemory(device) as memory:
                 run = RUNNERS[name](engine, request)
             runs.append({**run, "peak_bytes": memory.peak})
+            if name == "engine":  # previews off, run by turns with previews on so drift hits both alike
+                plain.append(run_engine(engine, request, preview_budget=0)["seconds"])
         seconds = statistics.median(r["seconds"] for r in runs)
         previews = [r["first_preview_s"] for r in runs if r["first_preview_s"] is not None]
         results[name] = {
@@ -210,6 +212,8 @@ def bench_images(engine, args) -> dict:
             "first_preview_s": round(statistics.median(previews), 3) if previews else None,
             "peak_memory_mb": round(max(r["peak_bytes"] for r in runs) / 2**20, 1),
         }
+        if plain:
+            results[name]["preview_cost_fraction"] = round(seconds / statistics.median(plain) - 1, 3)
     for name in ("transformers", "official"):
         if "seconds" in results.get(name, {}) and "seconds" in results.get("engine", {}):
             results["engine"][f"speedup_vs_{name}"] = round(results[name]["seconds"] / results["engine"]["seconds"], 2)
@@ -287,6 +291,8 @@ def print_table(figures: dict) -> None:
     for key in ("speedup_vs_transformers", "speedup_vs_official"):
         if key in engine:
             print(f"engine {key.replace('_', ' ')}: {engine[key]}x")
+    if "preview_cost_fraction" in engine:
+        print(f"previews cost {100 * engine['preview_cost_fraction']:.1f}% of the engine's time (vs previews off)")
     if "bandwidth_floor" in figures["images"]:
         floor = figures["images"]["bandwidth_floor"]
         print(f"bandwidth floor {floor['floor_s']} s at {floor['copy_gb_per_s']} GB/s: "

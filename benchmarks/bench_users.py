@@ -7,7 +7,7 @@ Two ways to serve them, in one run, on the same weights and seeds:
   shared loop    requests waiting together are decoded in one loop (janus_demo.batching)
 Reports images per second, mean and worst latency, the ratio, and how many users got
 bit-identical images both ways (prompts of different lengths are padded in a shared loop,
-which can round differently and flip a rare draw). Writes JSON with --json.
+which can round differently and change draws). Writes JSON with --json.
 """
 
 from __future__ import annotations

@@ -96,22 +96,24 @@ class Slice:
 
 
 class PreviewBudget:
-    """Allows a preview while preview time stays within `fraction` of the decoding time."""
+    """Allows a preview when it would keep preview time within `fraction` of the decoding time
+    (0: never). The next preview is assumed to cost what the last one did."""
 
     def __init__(self, fraction: float) -> None:
         self.fraction = fraction
         self.started = time.perf_counter()
-        self.spent = 0.0
+        self.spent = self.last = 0.0
 
     def allows(self) -> bool:
         decoding = time.perf_counter() - self.started - self.spent
-        return self.spent <= self.fraction * decoding
+        return self.fraction > 0 and self.spent + self.last <= self.fraction * decoding
 
     def __enter__(self) -> None:
         self._t0 = time.perf_counter()
 
     def __exit__(self, *exc) -> None:
-        self.spent += time.perf_counter() - self._t0
+        self.last = time.perf_counter() - self._t0
+        self.spent += self.last
 
 
 @dataclass

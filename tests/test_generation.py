@@ -8,9 +8,10 @@ import weakref
 
 import pytest
 import torch
-from transformers import DynamicCache, StaticCache
+from transformers import Cache, DynamicCache
 
 from janus_demo import Cancelled, GenerationResult, ImageRequest, InputError
+from janus_demo.generation import PreviewBudget
 from janus_demo.images import read_png_params
 
 
@@ -199,6 +200,12 @@ def test_progress_and_previews(engine):
     assert len(result.images) == 2
 
 
+def test_preview_budget_zero_turns_previews_off_without_changing_tokens(engine):
+    events = list(engine.iter_images("a house", num_images=2, seed=4, preview_budget=0))
+    assert not [e for e in events[:-1] if e.preview is not None] and len(events) == 577
+    assert torch.equal(events[-1].tokens, engine.generate_images("a house", num_images=2, seed=4).tokens)
+
+
 def test_preview_of_all_rows_is_the_final_image(engine):
     result = engine.generate_images("a boat", num_images=1, seed=8)
     full = engine.generator.preview(result.tokens)
@@ -219,13 +226,13 @@ def test_images_are_384_rgb_and_decoded_like_the_original(engine):
 
 def test_cancel_stops_within_one_step_and_frees_the_cache(engine, monkeypatch):
     caches = []
-    original_init = StaticCache.__init__
+    original_init = Cache.__init__
 
     def tracking_init(self, *args, **kwargs):
         original_init(self, *args, **kwargs)
         caches.append(weakref.ref(self))
 
-    monkeypatch.setattr(StaticCache, "__init__", tracking_init)
+    monkeypatch.setattr(Cache, "__init__", tracking_init)
     stop = threading.Event()
     steps = []
 
@@ -298,7 +305,7 @@ def test_decode_step_only_updates_its_buffers_in_place(engine):
 
     ids, mask = engine.generator.rows(ImageRequest("a cat", num_images=2), 2)
     loop = TokenLoop(engine.model, ids, mask, uniforms=torch.rand(2, 576), cfg_scale=5.0, temperature=1.0,
-                     top_k=None, top_p=None, num_tokens=576)
+                     top_k=None, top_p=None, num_tokens=576, fixed_shapes=True)  # the CUDA-graph step, run eagerly
     steps = loop.steps(use_cuda_graph=False)
     next(steps)
 
@@ -341,3 +348,41 @@ def test_a_failed_cuda_graph_capture_falls_back_to_eager(monkeypatch, caplog):
     assert not token_loop.cuda_graphs_wanted(torch.device("cuda"))
     monkeypatch.delenv("JANUS_CUDA_GRAPHS")
     assert token_loop.cuda_graphs_wanted(torch.device("cuda")) and not token_loop.cuda_graphs_wanted(torch.device("cpu"))
+
+
+def test_preview_budget_keeps_previews_within_their_fraction(monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr("janus_demo.generation.time.perf_counter", lambda: clock[0])
+    budget = PreviewBudget(0.05)
+    clock[0] = 1.0
+    assert budget.allows()  # the first preview is free to come early
+    with budget:
+        clock[0] += 0.04
+    clock[0] = 1.04 + 0.5  # 1.5 s decoding: a second 0.04 s preview would make 0.08 > 0.075
+    assert not budget.allows()
+    clock[0] = 1.04 + 1.6  # 1.6 s decoding: 0.08 <= 0.08
+    assert budget.allows()
+    assert not PreviewBudget(0).allows()
+
+
+@pytest.mark.parametrize("cfg_scale", [5.0, 1.0])
+def test_the_gpu_shaped_step_gives_the_same_tokens_as_the_cpu_step(engine, cfg_scale):
+    """On a GPU every step attends over the whole static cache (fixed shapes for the CUDA graph);
+    on the CPU only over the filled slots. Run eagerly here, both choose the same tokens."""
+    from janus_demo.sampling import image_uniforms
+    from janus_demo.token_loop import TokenLoop
+
+    request = ImageRequest("a lighthouse in a storm", num_images=2, cfg_scale=cfg_scale, temperature=1.0)
+    ids, mask = engine.generator.rows(request, 2)
+    uniforms = torch.stack([image_uniforms(11, i, 576) for i in range(2)])
+    tokens = []
+    for fixed in (True, False):
+        loop = TokenLoop(engine.model, ids, mask, uniforms=uniforms, cfg_scale=cfg_scale, temperature=1.0,
+                         top_k=None, top_p=None, num_tokens=576, fixed_shapes=fixed)
+        with torch.inference_mode():
+            for _ in loop.steps(use_cuda_graph=False):
+                pass
+        tokens.append(loop.tokens)
+    assert torch.equal(tokens[0], tokens[1])
+    with pytest.raises(ValueError, match="fixed_shapes"):
+        next(loop.steps(use_cuda_graph=True))
