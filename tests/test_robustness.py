@@ -8,7 +8,7 @@ import weakref
 
 import pytest
 import torch
-from transformers import StaticCache
+from transformers import Cache
 
 from janus_demo import InputError, OutOfMemory, gpu_tasks
 from janus_demo.chat import ChatSettings
@@ -37,13 +37,13 @@ class FailOnCall:
 @pytest.fixture
 def track_caches(monkeypatch):
     caches: list[weakref.ref] = []
-    original = StaticCache.__init__
+    original = Cache.__init__
 
     def init(self, *args, **kwargs):
         original(self, *args, **kwargs)
         caches.append(weakref.ref(self))
 
-    monkeypatch.setattr(StaticCache, "__init__", init)
+    monkeypatch.setattr(Cache, "__init__", init)
     return caches
 
 
