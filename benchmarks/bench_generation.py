@@ -31,7 +31,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from janus_demo import load_engine  # noqa: E402
 from janus_demo.generation import GenerationResult, ImageRequest  # noqa: E402
-from janus_demo.images import decoded_to_images  # noqa: E402
 from janus_demo.presets import PRESETS  # noqa: E402
 
 PROMPT = "A watercolor fox curled up in fresh snow, soft morning light"
@@ -119,7 +118,7 @@ def run_transformers(engine, request: ImageRequest) -> dict:
             generation_mode="image", do_sample=not greedy, top_k=None, guidance_scale=request.cfg_scale,
             **({} if greedy else {"temperature": request.temperature}),
         )
-        decode_images(engine, tokens)
+        engine.generator.decode(tokens)  # the same VQ decode as the engine's, so it costs the same
     sync(model.device)
     return {"seconds": time.perf_counter() - started, "first_preview_s": None, "tokens": tokens.cpu()}
 
@@ -152,14 +151,9 @@ def run_official(engine, request: ImageRequest) -> dict:
             generated[:, i] = next_token.squeeze(dim=-1)
             next_token = torch.cat([next_token.unsqueeze(dim=1), next_token.unsqueeze(dim=1)], dim=1).view(-1)
             inputs_embeds = model.prepare_embeddings_for_image_generation(next_token).unsqueeze(dim=1)
-        decode_images(engine, generated.long())
+        engine.generator.decode(generated.long())
     sync(model.device)
     return {"seconds": time.perf_counter() - started, "first_preview_s": None, "tokens": generated.long().cpu()}
-
-
-def decode_images(engine, tokens: torch.Tensor) -> None:
-    for chunk in tokens.split(4):  # the same batching the engine uses, so decoding costs the same
-        decoded_to_images(engine.model.decode_image_tokens(chunk))
 
 
 RUNNERS = {"engine": run_engine, "transformers": run_transformers, "official": run_official}

@@ -15,10 +15,9 @@ every request runs in its own GPU worker anyway.
 from __future__ import annotations
 
 import logging
-import secrets
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from queue import Queue
 from threading import Event, Lock, Thread
 
@@ -26,7 +25,6 @@ from .cancellation import CancelCheck, as_cancel_check
 from .errors import Cancelled, OutOfMemory
 from .generation import GenerationResult, ImageGenerator, ImageRequest, PreviewBudget, Progress, Slice
 from .memory import is_out_of_memory, release_memory
-from .validation import MAX_SEED
 
 logger = logging.getLogger(__name__)
 
@@ -58,9 +56,7 @@ class SharedDecoder:
     def stream(self, request: ImageRequest, *, cancel: CancelCheck = None,
                preview_budget: float = 0.05) -> Iterator[Progress | GenerationResult]:
         """Progress events, then the result, like `ImageGenerator.stream`; closing stops listening."""
-        if request.seed is None:
-            request = replace(request, seed=secrets.randbelow(MAX_SEED + 1))
-        job = _Job(request, as_cancel_check(cancel), preview_budget)
+        job = _Job(request.with_seed(), as_cancel_check(cancel), preview_budget)
         with self._lock:
             self._pending.append(job)
             if self._worker is None or not self._worker.is_alive():
@@ -100,7 +96,7 @@ class SharedDecoder:
                 self._arrived.clear()
                 return []
             first = self._pending[0]
-            prompt_tokens = max(len(self.generator.prompt_ids(j.request.prompt)) for j in self._pending) + 1
+            prompt_tokens = max(self.generator.prompt_tokens(job.request) for job in self._pending)
             room = self.generator.images_that_fit(first.request, prompt_tokens, most=64)
             cohort, images = [], 0
             for job in self._pending:

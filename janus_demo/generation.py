@@ -16,7 +16,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -71,6 +71,10 @@ class ImageRequest:
     @property
     def uses_cfg(self) -> bool:
         return self.cfg_scale != 1
+
+    def with_seed(self) -> ImageRequest:
+        """This request, with a random seed drawn if it has none (so the seed can be reported)."""
+        return self if self.seed is not None else replace(self, seed=secrets.randbelow(MAX_SEED + 1))
 
 
 @dataclass
@@ -169,6 +173,10 @@ class ImageGenerator:
         keep = (cond == self.bos_id) | (cond == self.boi_id)
         return torch.where(keep, cond, torch.full_like(cond, self.pad_id))
 
+    def prompt_tokens(self, request: ImageRequest) -> int:
+        """Length of the request's rows: its prompt or, if longer, its negative prompt."""
+        return self.rows(request, 1)[0].shape[1]
+
     def rows(self, request: ImageRequest, count: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Input ids and attention mask for `count` images: [cond x count, uncond x count], left-padded."""
         return self.slice_rows([Slice(request, seed=0, first=0, count=count)])
@@ -265,9 +273,10 @@ class ImageGenerator:
 
     def _stream(self, request: ImageRequest, cancel: CancelCheck, preview_budget: float):
         is_cancelled = as_cancel_check(cancel)
-        seed = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1)
+        request = request.with_seed()
+        seed = request.seed
         n = request.num_images
-        chunks = plan_chunks(n, self.images_that_fit(request, self.rows(request, 1)[0].shape[1]))
+        chunks = plan_chunks(n, self.images_that_fit(request, self.prompt_tokens(request)))
         note = None
         if len(chunks) > 1:
             note = (f"Memory allows {chunks[0]} images at a time, so the {n} images are drawn in {len(chunks)} "

@@ -37,6 +37,21 @@ def artifacts() -> Path:
     return ARTIFACTS
 
 
+@pytest.fixture(scope="session")
+def gallery_pixels():
+    """Raw pixels of the images a /generate call returned, to compare two runs exactly."""
+    from PIL import Image
+
+    def pixels(images) -> list[bytes]:
+        out = []
+        for item in images:
+            with Image.open(item["image"]) as image:
+                out.append(image.tobytes())
+        return out
+
+    return pixels
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

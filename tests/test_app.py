@@ -57,23 +57,16 @@ def test_generate_returns_pngs_with_parameters_and_the_seed(client):
     assert params["model"] == "random:tiny"
 
 
-def test_generate_is_reproducible_and_reports_random_seeds(client):
-    def pixels(images):
-        out = []
-        for item in images:
-            with Image.open(item["image"]) as image:
-                out.append(image.tobytes())
-        return out
-
+def test_generate_is_reproducible_and_reports_random_seeds(client, gallery_pixels):
     first = client.predict(prompt="a boat", num_images=2, cfg_scale=4.5, temperature=0.8, seed=7, api_name="/generate")
     again = client.predict(prompt="a boat", num_images=2, cfg_scale=4.5, temperature=0.8, seed=7, api_name="/generate")
-    assert pixels(first[0]) == pixels(again[0])
+    assert gallery_pixels(first[0]) == gallery_pixels(again[0])
     random_images, random_seed = client.predict(prompt="a boat", num_images=1, cfg_scale=4.5, temperature=0.8,
                                                 seed=None, api_name="/generate")
     assert isinstance(random_seed, int) and random_seed >= 0
     replay = client.predict(prompt="a boat", num_images=1, cfg_scale=4.5, temperature=0.8, seed=random_seed,
                             api_name="/generate")
-    assert pixels(replay[0]) == pixels(random_images)
+    assert gallery_pixels(replay[0]) == gallery_pixels(random_images)
 
 
 def test_understand_streams_the_answer(client, engine):

@@ -234,7 +234,7 @@ def test_model_work_runs_one_at_a_time_and_the_queue_is_bounded(monkeypatch, ser
     SEEN.append(("more requests than the queue holds", full[0]))
 
 
-def test_concurrent_image_requests_share_one_loop_and_get_their_own_images(monkeypatch, serve):
+def test_concurrent_image_requests_share_one_loop_and_get_their_own_images(monkeypatch, serve, gallery_pixels):
     from janus_demo.generation import ImageGenerator
 
     loops: list[int] = []
@@ -245,13 +245,6 @@ def test_concurrent_image_requests_share_one_loop_and_get_their_own_images(monke
         return original(self, slices, **kwargs)
 
     monkeypatch.setattr(ImageGenerator, "decode_slices", recording)
-    def pixels(images):
-        out = []
-        for item in images:
-            with Image.open(item["image"]) as image:
-                out.append(image.tobytes())
-        return out
-
     with serve("--batch-users", "3") as (_, client):
         # One prompt (so no padding: exact equality with a loop of its own), three seeds.
         asks = [{**GENERATE, "prompt": "a harbour at dawn", "num_images": 2, "seed": 50 + i} for i in range(3)]
@@ -262,7 +255,7 @@ def test_concurrent_image_requests_share_one_loop_and_get_their_own_images(monke
     assert loops[-3:] == [1, 1, 1]
     for ask, (images, seed), (own_images, _) in zip(asks, together, alone):
         assert seed == ask["seed"]
-        assert pixels(images) == pixels(own_images), "the same images as a loop of its own"
+        assert gallery_pixels(images) == gallery_pixels(own_images), "the same images as a loop of its own"
 
 
 def test_a_cancelled_job_stops_promptly(monkeypatch, serve):
