@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from queue import Queue
+from queue import Empty, Queue
 from threading import Event, Lock, Thread
 
 from .cancellation import CancelCheck, as_cancel_check
@@ -27,6 +27,8 @@ from .generation import GenerationResult, ImageGenerator, ImageRequest, PreviewB
 from .memory import is_out_of_memory, release_memory
 
 logger = logging.getLogger(__name__)
+
+POLL_S = 0.1  # how often a request waiting for its loop checks whether it was cancelled
 
 
 @dataclass
@@ -65,7 +67,12 @@ class SharedDecoder:
         self._arrived.set()
         try:
             while True:
-                event = job.events.get()
+                try:
+                    event = job.events.get(timeout=POLL_S)
+                except Empty:
+                    if job.is_cancelled() and self._withdraw(job):  # cancelled before its loop began
+                        raise Cancelled("Generation was stopped.") from None
+                    continue
                 if isinstance(event, BaseException):
                     raise event
                 yield event
@@ -73,6 +80,14 @@ class SharedDecoder:
                     return
         finally:
             job.gone.set()
+
+    def _withdraw(self, job: _Job) -> bool:
+        """Take a job off the waiting list; False if a loop is serving it already."""
+        with self._lock:
+            if job not in self._pending:
+                return False
+            self._pending.remove(job)
+            return True
 
     # ----- the worker ---------------------------------------------------------------------
     def _run(self) -> None:
@@ -91,7 +106,10 @@ class SharedDecoder:
     def _take_cohort(self) -> list[_Job]:
         """The oldest waiting job and the waiting jobs that sample like it and fit with it."""
         with self._lock:
-            self._pending = [job for job in self._pending if not job.stopped()]
+            stopped = [job for job in self._pending if job.stopped()]
+            for job in stopped:  # its consumer may still be waiting for word
+                job.events.put(Cancelled("Generation was stopped."))
+            self._pending = [job for job in self._pending if job not in stopped]
             if not self._pending:
                 self._arrived.clear()
                 return []
@@ -99,13 +117,14 @@ class SharedDecoder:
             prompt_tokens = max(self.generator.prompt_tokens(job.request) for job in self._pending)
             room = self.generator.images_that_fit(first.request, prompt_tokens, most=64)
             cohort, images = [], 0
-            for job in self._pending:
-                fits = images + job.request.num_images <= room
-                if len(cohort) < self.max_jobs and job.request.sampling == first.request.sampling and fits:
-                    cohort.append(job)
-                    images += job.request.num_images
-            if not cohort:  # the oldest job alone needs more than free memory: it runs chunked
+            if first.request.num_images > room:  # the oldest alone needs more than free memory: it runs chunked
                 cohort = [first]
+            else:
+                for job in self._pending:
+                    fits = images + job.request.num_images <= room
+                    if len(cohort) < self.max_jobs and job.request.sampling == first.request.sampling and fits:
+                        cohort.append(job)
+                        images += job.request.num_images
             self._pending = [job for job in self._pending if job not in cohort]
             if not self._pending:
                 self._arrived.clear()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 import torch
@@ -108,3 +109,37 @@ def test_engine_share_decoding_routes_through_the_shared_loop(engine):
     finally:
         engine.share_decoding(False)
     assert torch.equal(result.tokens, engine.generate_images("a cat", num_images=2, seed=3).tokens)
+
+
+def test_a_request_cancelled_while_waiting_for_its_loop_stops_at_once(engine, shared):
+    """It is not in any loop yet, so nothing else would ever tell its consumer to stop waiting."""
+    busy = threading.Thread(target=lambda: list(shared.stream(ImageRequest("a cat", num_images=4, seed=1))))
+    busy.start()
+    while not shared.loops:
+        time.sleep(0.01)
+    stop = threading.Event()
+    waiting = shared.stream(ImageRequest("a dog", num_images=1, seed=2, cfg_scale=3), cancel=stop)
+    threading.Timer(0.3, stop.set).start()
+    started = time.monotonic()
+    with pytest.raises(Cancelled):
+        list(waiting)
+    assert time.monotonic() - started < 2.0
+    assert busy.is_alive(), "it stopped while the other loop was still running"
+    busy.join(timeout=120)
+    assert len(shared.loops) == 1, "the cancelled request never got a loop"
+
+
+def test_the_oldest_request_runs_first_even_when_it_needs_more_than_fits(engine, shared, monkeypatch):
+    monkeypatch.setattr(ImageGenerator, "images_that_fit", lambda self, request, tokens, most=None: 2)
+    results = {}
+
+    def user(request):
+        results[request.prompt] = list(shared.stream(request))[-1]
+
+    oldest = threading.Thread(target=user, args=(ImageRequest("a big batch", num_images=4, seed=1),))
+    oldest.start()
+    time.sleep(0.05)  # within the loop's wait for companions: both are waiting when it starts
+    user(ImageRequest("a small one", num_images=1, seed=2))
+    oldest.join(timeout=120)
+    assert shared.loops[0] == [("a big batch", 2)], "the oldest request (in memory-sized chunks) went first"
+    assert len(results["a big batch"].images) == 4 and len(results["a small one"].images) == 1
