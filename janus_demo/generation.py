@@ -13,6 +13,7 @@ Rows are laid out [cond x N, uncond x N] like transformers', so greedy tokens ma
 
 from __future__ import annotations
 
+import logging
 import secrets
 import time
 from collections.abc import Iterator
@@ -31,6 +32,8 @@ from .prompts import control_tokens, neutralize
 from .sampling import image_uniforms
 from .token_loop import TokenLoop, cuda_graphs_wanted
 from .validation import MAX_IMAGES, MAX_PROMPT_CHARS, MAX_SEED, check_int, check_number, check_text
+
+logger = logging.getLogger(__name__)
 
 DECODE_BATCH = 4  # images per VQ-decoder pass: bounds the decoder's activation memory
 
@@ -216,14 +219,17 @@ class ImageGenerator:
         try:
             yield from self._stream(request, cancel, preview_budget)
             return
+        except Cancelled:
+            release_memory(self.device)
+            raise
         except Exception as exc:
             if not is_out_of_memory(exc):
                 raise
         release_memory(self.device)  # outside the handler: the traceback no longer pins tensors
         where = "The GPU" if self.device.type == "cuda" else "The CPU"
-        raise OutOfMemory(
-            f"{where} ran out of memory drawing {request.num_images} image(s); try fewer images, "
-            "CFG scale 1 (half the memory), or a smaller model."
+        raise OutOfMemory(  # larger requests were halved down to one image before it came to this
+            f"{where} ran out of memory drawing even a single image; try CFG scale 1 (half the memory) "
+            "or a smaller model."
         )
 
     def images_that_fit(self, request: ImageRequest, prompt_tokens: int, most: int | None = None) -> int:
@@ -272,38 +278,67 @@ class ImageGenerator:
             part.tokens = part_tokens
 
     def _stream(self, request: ImageRequest, cancel: CancelCheck, preview_budget: float):
+        """Chunks that fit in memory, one after the other. Should one run out of memory anyway
+        (the estimate is only an estimate), the rest are redone in halves: per-image seeds keep
+        them the same images."""
         is_cancelled = as_cancel_check(cancel)
         request = request.with_seed()
-        seed = request.seed
-        n = request.num_images
-        chunks = plan_chunks(n, self.images_that_fit(request, self.prompt_tokens(request)))
-        note = None
-        if len(chunks) > 1:
-            note = (f"Memory allows {chunks[0]} images at a time, so the {n} images are drawn in {len(chunks)} "
-                    "batches; they are the same images as in one batch.")
-        total = self.num_tokens * len(chunks)
+        seed, n = request.seed, request.num_images
+        fits = self.images_that_fit(request, self.prompt_tokens(request))
         budget = PreviewBudget(preview_budget)
         finished: list[Image.Image] = []
         finished_tokens: list[torch.Tensor] = []
-        for index, count in enumerate(chunks):
+        chunks_done = 0
+        note = None
+        while len(finished) < n:
+            chunks = plan_chunks(n - len(finished), fits)
+            if note is None and len(chunks) > 1:
+                note = (f"Memory allows {chunks[0]} images at a time, so the {n} images are drawn in "
+                        f"{len(chunks)} batches; they are the same images as in one batch.")
+            count = chunks[0]
+            total = self.num_tokens * (chunks_done + len(chunks))
             part = Slice(request, seed, first=len(finished), count=count)
-            for done, previews in self.decode_slices([part], is_cancelled=is_cancelled, budget=budget):
-                preview = None
-                if previews is not None:
-                    waiting = [self.blank(previews[0][0].width)] * (n - len(finished) - count)
-                    preview = finished + previews[0] + waiting
-                yield Progress(index * self.num_tokens + done, total, preview, note)
-            finished += self.decode(part.tokens)
-            finished_tokens.append(part.tokens.cpu())
+            try:
+                for done, previews in self.decode_slices([part], is_cancelled=is_cancelled, budget=budget):
+                    preview = None
+                    if previews is not None:
+                        waiting = [self.blank(previews[0][0].width)] * (n - len(finished) - count)
+                        preview = finished + previews[0] + waiting
+                    yield Progress(chunks_done * self.num_tokens + done, total, preview, note)
+            except Exception as exc:
+                if count == 1 or not is_out_of_memory(exc):
+                    raise
+            else:
+                finished += self.decode(part.tokens, is_cancelled=is_cancelled)
+                finished_tokens.append(part.tokens.cpu())
+                chunks_done += 1
+                continue
+            release_memory(self.device)  # outside the handler: the traceback no longer pins tensors
+            fits = count // 2
+            note = (f"Memory ran short, so the remaining images are drawn {fits} at a time; "
+                    "they are the same images as in one batch.")
+            logger.warning("out of memory at %d images at once; going on with %d", count, fits)
         yield GenerationResult(images=finished, tokens=torch.cat(finished_tokens), seed=seed,
                                params=self.params(request, seed))
 
     @torch.inference_mode()
-    def decode(self, tokens: torch.Tensor, batch: int = DECODE_BATCH) -> list[Image.Image]:
-        """Full VQ decode, a few images at a time to bound activation memory."""
+    def decode(self, tokens: torch.Tensor, *, is_cancelled=lambda: False) -> list[Image.Image]:
+        """Full VQ decode, a few images at a time to bound activation memory (one at a time if
+        even that runs out: the tokens are the user's work, not to be lost to a decode)."""
         images: list[Image.Image] = []
-        for chunk in tokens.split(batch):
-            images += decoded_to_images(self.model.decode_image_tokens(chunk))
+        batch = DECODE_BATCH
+        while len(images) < len(tokens):
+            if is_cancelled():
+                raise Cancelled("Generation was stopped.")
+            chunk = tokens[len(images) : len(images) + batch]
+            try:
+                images += decoded_to_images(self.model.decode_image_tokens(chunk))
+                continue
+            except Exception as exc:
+                if batch == 1 or not is_out_of_memory(exc):
+                    raise
+            release_memory(self.device)
+            batch = 1
         return images
 
     @torch.inference_mode()

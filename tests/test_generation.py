@@ -241,11 +241,29 @@ def test_cancel_stops_within_one_step_and_frees_the_cache(engine, monkeypatch):
         if step == 100:
             stop.set()
 
-    with pytest.raises(Cancelled):
+    with pytest.raises(Cancelled) as stopped:
         engine.generate_images("a dragon", num_images=2, seed=1, on_progress=on_progress, cancel=stop)
     assert steps[-1] == 100  # not a single step after the request to stop
     gc.collect()
+    # Checked while the traceback (and every frame in it) is still alive: the cache must go anyway.
+    assert stopped.value.__traceback__ is not None
     assert caches and all(ref() is None for ref in caches)
+
+
+def test_cancel_during_the_final_decode_stops_before_the_next_batch(engine, monkeypatch):
+    stop = threading.Event()
+    original = engine.model.decode_image_tokens
+    calls = []
+
+    def decode_then_stop(tokens):
+        calls.append(len(tokens))
+        stop.set()  # Stop pressed while the first batch of images is being decoded
+        return original(tokens)
+
+    monkeypatch.setattr(engine.model, "decode_image_tokens", decode_then_stop)
+    with pytest.raises(Cancelled):
+        engine.generate_images("a dragon", num_images=8, seed=1, cancel=stop)
+    assert calls == [4], "the second batch of 4 images was not decoded"
 
 
 def test_cancel_accepts_a_callable(engine):

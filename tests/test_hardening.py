@@ -170,7 +170,7 @@ def test_injected_control_tokens_change_nothing_through_the_api(client, engine):
 
 
 # ----- in-process app (the `serve` fixture), for faults that need injecting ---------------------
-def test_out_of_memory_reaches_the_user_and_the_next_request_works(monkeypatch, serve):
+def test_out_of_memory_reaches_the_user_and_the_next_request_works(monkeypatch, serve, gallery_pixels):
     from janus_demo import gpu_tasks
 
     with serve() as (_, client):
@@ -185,11 +185,15 @@ def test_out_of_memory_reaches_the_user_and_the_next_request_works(monkeypatch, 
             return original(*args, **kwargs)
 
         monkeypatch.setattr(language_model, "forward", fail_once)
-        message = refused(lambda: client.predict(**{**GENERATE, "num_images": 4}, api_name="/generate"),
-                          "out of memory while drawing", "ran out of memory drawing 4 image(s); try fewer images")
-        assert "CFG scale 1" in message
+        refused(lambda: client.predict(**GENERATE, api_name="/generate"), "out of memory while drawing",
+                "ran out of memory drawing even a single image; try CFG scale 1 (half the memory) or a smaller model")
         images, seed = client.predict(**GENERATE, api_name="/generate")
         assert len(images) == 1 and seed == 1
+        expected = gallery_pixels(client.predict(**{**GENERATE, "num_images": 4}, api_name="/generate")[0])
+        calls.clear()
+        images, _ = client.predict(**{**GENERATE, "num_images": 4}, api_name="/generate")
+        assert len(calls) > 576 and gallery_pixels(images) == expected, "4 at once ran out; redrawn 2 at a time"
+        SEEN.append(("/generate: 4 images, memory runs out once", "the same 4 images, drawn 2 at a time"))
 
 
 def test_an_unexpected_error_is_reported_plainly_and_the_server_lives_on(monkeypatch, serve):
@@ -197,7 +201,7 @@ def test_an_unexpected_error_is_reported_plainly_and_the_server_lives_on(monkeyp
 
     with serve() as (_, client):
         engine = gpu_tasks.current()
-        monkeypatch.setattr(engine.generator, "decode", lambda tokens: 1 / 0)
+        monkeypatch.setattr(engine.generator, "decode", lambda tokens, **kwargs: 1 / 0)
         message = refused(lambda: client.predict(**GENERATE, api_name="/generate"), "a bug in one request",
                           "Something went wrong on the server; please try again.")
         assert "ZeroDivision" not in message

@@ -7,6 +7,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -134,3 +135,43 @@ def test_greedy_chunks_equal_transformers_generate(engine, monkeypatch):
     squeeze_memory(monkeypatch, engine, 2, "a small red boat")
     result = engine.generate_images("a small red boat", num_images=4, temperature=0)
     assert torch.equal(result.tokens, expected)
+
+
+def test_running_out_mid_batch_redraws_the_rest_in_halves(engine, monkeypatch):
+    from test_robustness import FailOnCall
+
+    one_batch = engine.generate_images("a lighthouse", num_images=4, seed=21)
+    language_model = engine.model.model.language_model
+    failing = FailOnCall(language_model, 300, lambda: torch.OutOfMemoryError("CUDA out of memory. Tried to allocate"))
+    monkeypatch.setattr(language_model, "forward", failing)
+    events = []
+    result = engine.generate_images("a lighthouse", num_images=4, seed=21,
+                                    on_progress=lambda step, total, preview: events.append((step, total)))
+    assert torch.equal(result.tokens, one_batch.tokens), "the same images as one batch"
+    assert [im.tobytes() for im in result.images] == [im.tobytes() for im in one_batch.images]
+    assert failing.calls == 300 + 2 * 576, "two batches of two after the failed batch of four"
+    assert events[-1] == (2 * 576, 2 * 576)
+    stream = engine.iter_images("a lighthouse", num_images=4, seed=21)
+    monkeypatch.setattr(language_model, "forward", FailOnCall(language_model, 5, torch.OutOfMemoryError))
+    notes = {event.note for event in stream if isinstance(event, generation.Progress)}
+    assert any(note and "Memory ran short" in note and "2 at a time" in note for note in notes), notes
+
+
+def test_running_out_in_the_final_decode_decodes_one_image_at_a_time(engine, monkeypatch):
+    expected = engine.generate_images("a lighthouse", num_images=3, seed=5)
+    original = engine.model.decode_image_tokens
+    sizes = []
+
+    def roomy_for_one(tokens):
+        sizes.append(len(tokens))
+        if len(tokens) > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return original(tokens)
+
+    monkeypatch.setattr(engine.model, "decode_image_tokens", roomy_for_one)
+    result = engine.generate_images("a lighthouse", num_images=3, seed=5)
+    assert sizes == [3, 1, 1, 1]
+    assert torch.equal(result.tokens, expected.tokens)
+    for got, want in zip(result.images, expected.images):  # a batch of 1 may round a pixel differently
+        difference = np.abs(np.asarray(got, dtype=int) - np.asarray(want, dtype=int))
+        assert difference.max() <= 2 and difference.mean() < 0.05
