@@ -40,7 +40,13 @@ def choose_tokens(
     """
     if temperature == 0:
         return logits.argmax(dim=-1)
-    scaled = filter_logits(logits.float() / temperature, top_k, top_p)
+    logits = logits.float()
+    scaled = logits / temperature
+    # A tiny temperature (1e-40) overflows to +inf, whose softmax is NaN: such rows are shifted
+    # to a maximum of 0 first. Other rows keep the plain formula, bit for bit (no host sync).
+    shifted = (logits - logits.amax(dim=-1, keepdim=True)) / temperature
+    scaled = torch.where(scaled.isposinf().any(dim=-1, keepdim=True), shifted, scaled)
+    scaled = filter_logits(scaled, top_k, top_p)
     cdf = scaled.softmax(dim=-1).cumsum(dim=-1)
     targets = (uniforms.to(cdf) * cdf[:, -1]).unsqueeze(-1)
     picked = torch.searchsorted(cdf, targets, right=True).squeeze(-1)

@@ -404,3 +404,12 @@ def test_the_gpu_shaped_step_gives_the_same_tokens_as_the_cpu_step(engine, cfg_s
     assert torch.equal(tokens[0], tokens[1])
     with pytest.raises(ValueError, match="fixed_shapes"):
         next(loop.steps(use_cuda_graph=True))
+
+
+def test_tiny_temperatures_pick_the_most_likely_token_instead_of_overflowing():
+    from janus_demo.sampling import choose_tokens
+
+    logits = torch.randn(3, 16384, generator=torch.Generator().manual_seed(0)) * 20
+    for temperature in (1e-40, 1e-30, 1e-12):
+        picked = choose_tokens(logits, torch.tensor([0.01, 0.5, 0.99]), temperature=temperature)
+        assert torch.equal(picked, logits.argmax(-1)), temperature
