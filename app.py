@@ -14,6 +14,17 @@ import sys
 ON_SPACE = bool(os.environ.get("SPACE_ID"))
 
 
+def at_least_one(text: str) -> int:
+    """A whole number of at least 1: a limit of 0 would leave requests waiting forever."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 (got {value})")
+    return value
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     env = os.environ.get
     parser = argparse.ArgumentParser(description="Janus-Pro demo: chat about images and draw images from text.")
@@ -25,13 +36,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="address to bind (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=int(env("GRADIO_SERVER_PORT", "7860")))
     parser.add_argument("--share", action="store_true", help="also make a public *.gradio.live link")
-    parser.add_argument("--max-images", type=int, default=16, help="most parallel samples one request may ask for")
-    parser.add_argument("--concurrency", type=int, default=1, help="chat answers running at once")
-    parser.add_argument("--batch-users", type=int, default=1,
+    parser.add_argument("--max-images", type=at_least_one, default=16, help="most parallel samples one request may ask for")
+    parser.add_argument("--concurrency", type=at_least_one, default=1, help="chat answers running at once")
+    parser.add_argument("--batch-users", type=at_least_one, default=1,
                         help="image requests that may share one decoding loop: more images per second, but "
                              "a seed's images can come out different from a run alone when prompts differ in "
                              "length (default 1: off; always off on ZeroGPU)")
-    parser.add_argument("--queue-size", type=int, default=20, help="requests allowed to wait; more are refused")
+    parser.add_argument("--queue-size", type=at_least_one, default=20, help="requests allowed to wait; more are refused")
     parser.add_argument("--max-file-size", default="20mb", help="largest upload accepted, e.g. 20mb")
     parser.add_argument("--timeout", type=float, default=900, help="seconds of model time one request may use")
     return parser.parse_args(argv)

@@ -18,6 +18,7 @@ from .chat import ChatSettings
 from .engine import JanusEngine
 from .errors import Cancelled, TimedOut
 from .generation import GenerationResult, ImageRequest, Progress
+from .loading import on_zerogpu
 
 # Budget per request on a ZeroGPU slice (eager bf16, Janus-Pro-7B): prefill, VQ decode and
 # transfer overhead, plus the 576 decoding steps, which slow down as rows are added.
@@ -26,6 +27,7 @@ IMAGE_SECONDS_PER_IMAGE = 4
 ANSWER_BASE_SECONDS = 10
 ANSWER_SECONDS_PER_TOKEN = 0.05
 MAX_SECONDS = 300
+ZEROGPU_MARGIN_S = 3  # on ZeroGPU, stop this long before the lease ends, to say why ourselves
 BEAT_S = 0.1  # results reach the web server this often; a Stop or a closed tab reaches the model as fast
 
 _engine: JanusEngine | None = None
@@ -41,6 +43,14 @@ def current() -> JanusEngine:
     if _engine is None:
         raise RuntimeError("no engine installed; call janus_demo.gpu_tasks.install(engine) first")
     return _engine
+
+
+def time_limit(duration_s: int, time_limit_s: float) -> float:
+    """Seconds a call may run: the app's limit, or on ZeroGPU the lease it asked for, less a
+    margin, since ZeroGPU ends an overrunning call with an error of its own."""
+    if on_zerogpu():
+        return max(1.0, min(time_limit_s, duration_s - ZEROGPU_MARGIN_S))
+    return time_limit_s
 
 
 def image_seconds(request: ImageRequest, time_limit_s: float) -> int:
@@ -61,7 +71,8 @@ def draw(request: ImageRequest, time_limit_s: float) -> Iterator[list[Progress |
     closing this generator (Stop, a closed tab) reaches the model within a beat.
     """
     engine = current()
-    deadline = time.monotonic() + time_limit_s
+    limit = time_limit(image_seconds(request, time_limit_s), time_limit_s)
+    deadline = time.monotonic() + limit
 
     def work(emit, stop) -> None:
         for event in engine.image_stream(request, cancel=lambda: stop.is_set() or time.monotonic() > deadline):
@@ -71,7 +82,7 @@ def draw(request: ImageRequest, time_limit_s: float) -> Iterator[list[Progress |
         yield from run_in_background(work, every=BEAT_S, name="janus-draw")
     except Cancelled:
         raise TimedOut(
-            f"Drawing ran past the {time_limit_s:.0f} s time limit and was stopped; "
+            f"Drawing ran past the {limit:.0f} s time limit and was stopped; "
             "try fewer images or CFG scale 1 (twice as fast)."
         ) from None
 
@@ -81,10 +92,11 @@ def answer(messages: list, settings: ChatSettings, time_limit_s: float) -> Itera
     """The streamed answer to `messages` (transformers chat format, PIL images): pieces as they
     come, an empty one after BEAT_S without news; cut at the time limit."""
     engine = current()
-    deadline = time.monotonic() + time_limit_s
+    limit = time_limit(answer_seconds(messages, settings, time_limit_s), time_limit_s)
+    deadline = time.monotonic() + limit
     inputs = engine.responder.prepare(messages, settings)
     yield from engine.responder.stream(
         inputs, settings, cancel=lambda: time.monotonic() > deadline, heartbeat=BEAT_S
     )
     if time.monotonic() > deadline:
-        raise TimedOut(f"The answer ran past the {time_limit_s:.0f} s time limit and was cut short.")
+        raise TimedOut(f"The answer ran past the {limit:.0f} s time limit and was cut short.")

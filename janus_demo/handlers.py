@@ -127,7 +127,11 @@ def _remove_old_outputs() -> None:
     OUTPUT_ROOT.mkdir(parents=True, exist_ok=True)
     cutoff = time.time() - OUTPUT_MAX_AGE_S
     for run in OUTPUT_ROOT.glob("run-*"):
-        if run.stat().st_mtime < cutoff:
+        try:
+            old = run.stat().st_mtime < cutoff
+        except FileNotFoundError:  # another request removed it first
+            continue
+        if old:
             shutil.rmtree(run, ignore_errors=True)
 
 
@@ -194,19 +198,20 @@ def history_to_messages(history: list[dict]) -> list[dict]:
 
 @user_facing
 def add_user_message(history: list[dict], message: dict):
-    """Check the new message (each upload must be a readable image) and append it as one bubble."""
+    """Append the new message as one bubble, once the conversation with it is one the model
+    accepts (each upload a readable image, no more images than allowed)."""
     text = (message or {}).get("text") or ""
     files = (message or {}).get("files") or []
     if not text.strip() and not files:
         raise InputError("Type a question, or attach an image.")
     check_text("message", text, MAX_MESSAGE_CHARS, required=False)
-    for path in files:
-        open_image(path)
     content = [{"type": "file", "file": {"path": path, "mime_type": mimetypes.guess_type(path)[0] or "image/png"}}
                for path in files]
     if text.strip():
         content.append({"type": "text", "text": text})
-    return [*history, {"role": "user", "content": content}], gr.MultimodalTextbox(value=None, interactive=False)
+    history = [*history, {"role": "user", "content": content}]
+    check_conversation(history_to_messages(history))  # refused here, the chat stays as it was
+    return history, gr.MultimodalTextbox(value=None, interactive=False)
 
 
 def chat_settings(temperature, top_p, max_new_tokens, seed) -> ChatSettings:
@@ -215,9 +220,14 @@ def chat_settings(temperature, top_p, max_new_tokens, seed) -> ChatSettings:
     return ChatSettings(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
 
 
-def answer_stream(messages: list[dict], settings: ChatSettings) -> Iterator[str]:
-    """Check the conversation here, before any GPU time is asked for, then stream the answer."""
+def check_conversation(messages: list[dict]) -> None:
+    """Refuse a conversation the model would refuse (roles, text, image count) before any GPU
+    time is asked for, and before anything is added to the chat."""
     normalize_conversation(messages, gpu_tasks.current().responder.control_tokens, "")
+
+
+def answer_stream(messages: list[dict], settings: ChatSettings) -> Iterator[str]:
+    """The answer to an already checked conversation, piece by piece."""
     with closing(gpu_tasks.answer(messages, settings, LIMITS.time_limit_s)) as pieces:
         yield from pieces
 
@@ -227,6 +237,7 @@ def respond(history: list[dict], temperature, top_p, max_new_tokens, seed):
     """Stream the assistant's answer to the conversation into the chat."""
     settings = chat_settings(temperature, top_p, max_new_tokens, seed)
     messages = history_to_messages(history)
+    check_conversation(messages)
     answer = {"role": "assistant", "content": ""}
     history = [*history, answer]
     yield history
@@ -252,6 +263,7 @@ def api_understand(image: str, question: str, temperature: float = 0.1, top_p: f
     check_text("question", question, MAX_MESSAGE_CHARS)
     messages = [{"role": "user", "content": [{"type": "image", "image": open_image(image)},
                                              {"type": "text", "text": question}]}]
+    check_conversation(messages)
     answer = ""
     yield answer
     for piece in answer_stream(messages, settings):

@@ -93,15 +93,15 @@ def build_demo(
                                              buttons=["download", "fullscreen"], interactive=False)
 
         # API-only endpoints: clients call these by name; they have no widgets of their own.
+        # Inputs are plain numbers (no precision): Gradio's own int() would turn "abc" or NaN into
+        # a hidden error, while `handlers` refuses them, and 4.5 images, in words.
         with gr.Column(visible=False):
             api_generate_btn, api_understand_btn = gr.Button(), gr.Button()
-            api_generate_in = [gr.Textbox(label="prompt"), gr.Number(label="num_images", precision=0),
-                               gr.Number(label="cfg_scale"), gr.Number(label="temperature"),
-                               gr.Number(label="seed", precision=0)]
+            api_generate_in = [gr.Textbox(label="prompt"), gr.Number(label="num_images"),
+                               gr.Number(label="cfg_scale"), gr.Number(label="temperature"), gr.Number(label="seed")]
             api_generate_out = [gr.Gallery(label="images", format="png"), gr.Number(label="seed", precision=0)]
             api_understand_in = [gr.File(label="image"), gr.Textbox(label="question"), gr.Number(label="temperature"),
-                                 gr.Number(label="top_p"), gr.Number(label="max_new_tokens", precision=0),
-                                 gr.Number(label="seed", precision=0)]
+                                 gr.Number(label="top_p"), gr.Number(label="max_new_tokens"), gr.Number(label="seed")]
             api_understand_out = gr.Textbox(label="answer")
 
         # ----- chat wiring -----
@@ -110,9 +110,10 @@ def build_demo(
         answering = submitted.success(handlers.respond, [chatbot, *settings], [chatbot], **gpu, **PRIVATE)
         retrying = gr.on([chat_retry.click, chatbot.retry], handlers.retry, [chatbot, *settings], [chatbot],
                          **gpu, **PRIVATE)
-        unlock = {"fn": lambda: gr.MultimodalTextbox(interactive=True), "outputs": [textbox], **PRIVATE}
+        # Unqueued, so that a full queue can never leave the box locked.
+        unlock = {"fn": lambda: gr.MultimodalTextbox(interactive=True), "outputs": [textbox], "queue": False, **PRIVATE}
         answering.then(**unlock)
-        chat_stop.click(cancels=[answering, retrying], **unlock, queue=False)
+        chat_stop.click(cancels=[answering, retrying], **unlock)
         chat_clear.click(lambda: ([], gr.MultimodalTextbox(value=None, interactive=True)), None, [chatbot, textbox],
                          cancels=[answering, retrying], queue=False, **PRIVATE)
 

@@ -70,6 +70,9 @@ def refused(call, case: str, fragment: str) -> str:
         ("temperature 50", {"temperature": 50}, "temperature must be a number from 0 to 2"),
         ("negative seed", {"seed": -1}, "seed must be a whole number from 0 to 2147483647"),
         ("seed 2**40", {"seed": 2**40}, "seed must be a whole number from 0 to 2147483647"),
+        ("4.5 images", {"num_images": 4.5}, "num_images must be a whole number from 1 to 16 (got 4.5)"),
+        ("text for a number", {"num_images": "four"}, "num_images must be a whole number from 1 to 16 (got 'four')"),
+        ("seed 1.5", {"seed": 1.5}, "seed must be a whole number"),
     ],
 )
 def test_generate_refuses_bad_values(client, case, change, fragment):
@@ -147,13 +150,31 @@ def test_understand_accepts_odd_but_valid_images(client, tmp_path, case, spec):
     SEEN.append((f"/understand: {case}", "accepted, answered"))
 
 
-def test_nan_is_refused_in_words():
-    """JSON clients can't send NaN through gradio_client, but other clients can; the check is ours."""
-    with pytest.raises(InputError, match="cfg_scale must be a number from 1 to 10"):
-        handlers.image_request("a cat", None, 1, math.nan, 1.0, 1)
+def raw_call(url: str, endpoint: str, body: str) -> str:
+    """Gradio's HTTP API as any client can use it, with a hand-written JSON body; returns the
+    event stream's text (where errors arrive as `event: error`)."""
+    posted = httpx.post(f"{url}gradio_api/call/{endpoint}", content=body,
+                        headers={"content-type": "application/json"}, timeout=30)
+    posted.raise_for_status()
+    return httpx.get(f"{url}gradio_api/call/{endpoint}/{posted.json()['event_id']}", timeout=60).text
+
+
+@pytest.mark.parametrize(
+    ("case", "body", "fragment"),
+    [
+        ("NaN images", '["a cat", NaN, 5, 1, 1]', "num_images must be a whole number from 1 to 16 (got nan)"),
+        ("Infinity images", '["a cat", Infinity, 5, 1, 1]', "num_images must be a whole number from 1 to 16 (got inf)"),
+        ("NaN CFG", '["a cat", 1, NaN, 1, 1]', "cfg_scale must be a number from 1 to 10 (got nan)"),
+        ("a list for the seed", '["a cat", 1, 5, 1, [1]]', "seed must be a whole number"),
+    ],
+)
+def test_values_json_clients_can_send_are_refused_in_words(app, case, body, fragment):
+    """gradio_client can't send NaN or Infinity, but JSON from other clients can."""
+    reply = raw_call(app.url, "generate", '{"data": %s}' % body)
+    assert "event: error" in reply and fragment in reply, reply
+    SEEN.append((f"/generate over raw HTTP: {case}", fragment + "."))
     with pytest.raises(InputError, match="temperature must be a number from 0 to 2"):
         handlers.chat_settings(math.inf, 0.9, 10, None)
-    SEEN.append(("/generate: cfg_scale NaN", "cfg_scale must be a number from 1 to 10 (got nan)."))
 
 
 def test_injected_control_tokens_change_nothing_through_the_api(client, engine):
@@ -332,3 +353,26 @@ def test_nothing_is_written_outside_the_temp_folder(tmp_path, run_app):
     assert after == before
     assert not [p for p in home.rglob("*") if p.is_file()]
     assert list((temp / "janus_demo").glob("run-*/janus_1_0.png"))
+
+
+def test_a_refused_chat_message_leaves_the_conversation_usable(engine):
+    """A 9th image is refused before it joins the chat, so the next message still gets an answer."""
+    import gradio as gr
+
+    from janus_demo import gpu_tasks
+
+    gpu_tasks.install(engine)
+    chart = str(ROOT / "examples" / "chart.png")
+    history: list = []
+    for turn in range(8):
+        history, _ = handlers.add_user_message(history, {"text": f"question {turn}", "files": [chart]})
+        history = [*history, {"role": "assistant", "content": "noted"}]
+    with pytest.raises(gr.Error, match="This conversation has 9 images; the limit is 8"):
+        handlers.add_user_message(history, {"text": "and this one?", "files": [chart]})
+    history, _ = handlers.add_user_message(history, {"text": "What do they share?", "files": []})
+    *_, answered = handlers.respond(history, 0, 0.95, 4, None)
+    assert answered[-1]["role"] == "assistant" and answered[-1]["content"]
+    too_many = history[:-1] + [{"role": "user", "content": [{"type": "file", "file": {"path": chart}}]}]
+    with pytest.raises(gr.Error, match="limit is 8"):  # refused before an empty answer bubble appears
+        next(handlers.respond(too_many, 0, 0.95, 4, None))
+    SEEN.append(("chat: a 9th image", "This conversation has 9 images; the limit is 8 (the chat stays usable)."))

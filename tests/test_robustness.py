@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import threading
+import time
 import weakref
 
 import pytest
@@ -91,6 +92,21 @@ def test_drawing_stops_at_the_time_limit(engine, track_caches):
     assert 0 < steps < 576
     gc.collect()
     assert all(ref() is None for ref in track_caches)
+
+
+def test_on_zerogpu_drawing_stops_before_the_gpu_lease_ends(engine, monkeypatch):
+    """ZeroGPU kills a call that outlives the duration it asked for, with an error of its own."""
+    gpu_tasks.install(engine)
+    monkeypatch.setattr(gpu_tasks, "on_zerogpu", lambda: True)
+    monkeypatch.setattr(gpu_tasks, "image_seconds", lambda request, limit: gpu_tasks.ZEROGPU_MARGIN_S + 1)
+    started = time.monotonic()
+    with pytest.raises(TimedOut, match="past the 1 s time limit"):
+        for _ in gpu_tasks.draw(ImageRequest("a cat", num_images=8), 900):
+            pass
+    assert time.monotonic() - started < 2.5
+    assert gpu_tasks.time_limit(60, 900) == 60 - gpu_tasks.ZEROGPU_MARGIN_S
+    monkeypatch.setattr(gpu_tasks, "on_zerogpu", lambda: False)
+    assert gpu_tasks.time_limit(60, 900) == 900  # elsewhere the app's own limit holds
 
 
 def test_answers_stop_at_the_time_limit(engine):

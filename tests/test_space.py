@@ -9,6 +9,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from janus_demo import gpu_tasks
@@ -83,6 +84,9 @@ def test_launch_defaults_are_safe(monkeypatch):
     args = app.parse_args([])
     assert args.host == "127.0.0.1" and args.share is False
     assert args.max_images == 16 and args.queue_size > 0 and args.max_file_size
+    for flag in ("--concurrency", "--queue-size", "--max-images", "--batch-users"):
+        with pytest.raises(SystemExit):  # 0 would leave requests waiting forever
+            app.parse_args([flag, "0"])
     monkeypatch.setenv("GRADIO_SERVER_NAME", "0.0.0.0")  # what a Space sets
     monkeypatch.setenv("JANUS_MODEL", "deepseek-community/Janus-Pro-1B")
     args = app.parse_args([])
