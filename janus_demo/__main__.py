@@ -50,6 +50,7 @@ def run_generate(engine, args) -> None:
     with tqdm(total=engine.generator.num_tokens, unit="tok", desc="Drawing", file=sys.stderr, disable=args.quiet) as bar:
 
         def on_progress(step: int, total: int, preview) -> None:
+            bar.total = total  # more than 576 steps when memory splits the images into batches
             bar.update(step - bar.n)
 
         result = engine.generate_images(

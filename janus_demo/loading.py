@@ -230,6 +230,7 @@ def apply_precision(model, precision: Precision):
 
 def load_model(name: str, device: torch.device, precision: Precision):
     """(model, processor) for a canonical name; memory errors become a LoadError."""
+    from safetensors import SafetensorError
     from transformers import AutoProcessor, JanusForConditionalGeneration
 
     try:
@@ -242,9 +243,16 @@ def load_model(name: str, device: torch.device, precision: Precision):
             folder = checkpoint_folder(name)
             check_checkpoint(folder)
             _check_room(folder, device, precision)
-            # Load on the CPU, then move: no accelerate needed, and ZeroGPU expects `.to("cuda")`.
-            model = JanusForConditionalGeneration.from_pretrained(folder, dtype=precision.llm).to(device)
-            processor = AutoProcessor.from_pretrained(folder)
+            try:
+                # Load on the CPU, then move: no accelerate needed, and ZeroGPU expects `.to("cuda")`.
+                model = JanusForConditionalGeneration.from_pretrained(folder, dtype=precision.llm).to(device)
+                processor = AutoProcessor.from_pretrained(folder)
+            except (OSError, ValueError, KeyError, TypeError, SafetensorError) as exc:  # missing or truncated files
+                logger.warning("Loading %s failed: %s", folder, exc)
+                raise LoadError(
+                    f"{folder} is an incomplete or damaged Janus checkpoint (a weight, tokenizer or processor "
+                    "file is missing or unreadable); download it again or pass another folder."
+                ) from exc
         return apply_precision(model, precision).eval().requires_grad_(False), processor
     except Exception as exc:
         if isinstance(exc, LoadError) or not is_out_of_memory(exc):

@@ -244,7 +244,9 @@ def build_model(name: str, *, device: torch.device | str = "cpu", dtype: torch.d
     processor = build_processor()
     config = build_config(preset, processor.tokenizer)
     previous_dtype = torch.get_default_dtype()
-    with torch.random.fork_rng(devices=[]), torch.device(device):
+    device = torch.device(device)
+    rng_devices = [device.index or 0] if device.type == "cuda" else []  # leave the caller's RNG state as it was
+    with torch.random.fork_rng(devices=rng_devices), device:
         torch.manual_seed(seed)
         torch.set_default_dtype(dtype)
         try:

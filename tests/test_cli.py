@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import sys
+
 from PIL import Image
 
+from janus_demo.__main__ import main
+from janus_demo.generation import ImageGenerator
 from janus_demo.images import read_png_params
 
 
@@ -29,13 +33,24 @@ def test_same_seed_same_pngs(cli, tmp_path):
         assert a.tobytes() == b.tobytes()
 
 
-def test_ask_streams_an_answer(cli, tmp_path):
+def test_ask_streams_an_answer(cli, tmp_path, monkeypatch):
     image = tmp_path / "scene.png"
     Image.new("RGB", (320, 240), (10, 120, 200)).save(image)
-    run = cli("ask", str(image), "What is in this picture?", "--model", "tiny-random", "--max-new-tokens", "12",
-              "--temperature", "0")
+    args = ["ask", str(image), "What is in this picture?", "--model", "tiny-random", "--max-new-tokens", "12",
+            "--temperature", "0"]
+    run = cli(*args)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip()
+    writes: list[str] = []  # in-process, to see the answer reach the terminal piece by piece
+    monkeypatch.setattr(sys, "stdout", type("Terminal", (), {"write": writes.append, "flush": lambda self: None})())
+    assert main(args + ["-q"]) == 0
+    assert len([w for w in writes if w.strip()]) > 1 and "".join(writes) == run.stdout
+
+
+def test_progress_bar_counts_every_batch_when_memory_splits_the_images(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(ImageGenerator, "images_that_fit", lambda self, request, tokens, most=None: 1)
+    assert main(["generate", "x", "-n", "2", "--seed", "3", "--out", str(tmp_path), "--model", "tiny-random"]) == 0
+    assert "1152/1152" in capsys.readouterr().err
 
 
 def test_errors_are_one_sentence(cli, tmp_path):

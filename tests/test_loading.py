@@ -114,6 +114,24 @@ def test_missing_paths_and_files(tmp_path):
         load_engine("random:huge", device="cpu")
 
 
+@pytest.mark.parametrize("damage", ["no weights", "truncated weights", "no tokenizer"])
+def test_incomplete_checkpoints(engine, tmp_path, damage):
+    import shutil
+
+    folder = tmp_path / "checkpoint"
+    shutil.copytree(engine.model.name_or_path, folder)
+    weights = folder / "model.safetensors"
+    if damage == "no weights":
+        weights.unlink()
+    elif damage == "truncated weights":
+        weights.write_bytes(weights.read_bytes()[:1000])
+    else:
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            (folder / name).unlink()
+    with pytest.raises(LoadError, match="is an incomplete or damaged Janus checkpoint"):
+        load_engine(str(folder), device="cpu")
+
+
 class FakeHub:
     """A loopback stand-in for huggingface.co that answers every request with one error."""
 
