@@ -22,6 +22,7 @@ import platform
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -90,15 +91,24 @@ def sync(device: torch.device) -> None:
 
 
 # ----- the three implementations -----------------------------------------------------------
+STEADY = (64, 512)  # steps between which the engine's per-step time is read (no prefill, capture or decode)
+
+
 def run_engine(engine, request: ImageRequest, preview_budget: float = 0.05) -> dict:
     started = time.perf_counter()
     first_preview = None
+    at = {}
     for event in engine.generator.stream(request, preview_budget=preview_budget):
         if isinstance(event, GenerationResult):
             result = event
-        elif event.preview is not None and first_preview is None:
+            continue
+        if event.step in STEADY:
+            at[event.step] = time.perf_counter()  # the host runs at most 2 steps ahead of the GPU
+        if event.preview is not None and first_preview is None:
             first_preview = time.perf_counter() - started
-    return {"seconds": time.perf_counter() - started, "first_preview_s": first_preview, "tokens": result.tokens}
+    step_s = (at[STEADY[1]] - at[STEADY[0]]) / (STEADY[1] - STEADY[0]) if len(at) == 2 else None
+    return {"seconds": time.perf_counter() - started, "first_preview_s": first_preview, "tokens": result.tokens,
+            "step_s": step_s}
 
 
 def run_transformers(engine, request: ImageRequest) -> dict:
@@ -161,7 +171,8 @@ RUNNERS = {"engine": run_engine, "transformers": run_transformers, "official": r
 
 # ----- figures -----------------------------------------------------------------------------
 def copy_bandwidth(device: torch.device) -> float:
-    """Bytes per second read by a device-to-device copy of 1 GiB (what a decode step does with weights)."""
+    """Memory traffic of a device-to-device copy of 1 GiB, in bytes per second: it reads and writes
+    every byte, so twice its size moves (the nearest measurable stand-in for reading weights)."""
     source = torch.empty(2**30, dtype=torch.uint8, device=device)
     target = torch.empty_like(source)
     target.copy_(source)
@@ -172,13 +183,15 @@ def copy_bandwidth(device: torch.device) -> float:
         target.copy_(source)
         sync(device)
         best = min(best, time.perf_counter() - started)
-    return source.numel() / best
+    return 2 * source.numel() / best
 
 
 def weight_bytes_per_step(model) -> int:
-    """The weights every decoding step reads once: the language model, generation head and aligner."""
+    """The weights every decoding step reads once: the language model's layers (not its text
+    embedding table, which image steps never touch), the generation head and aligner."""
     parts = (model.model.language_model, model.model.generation_head, model.model.generation_aligner)
-    return sum(p.numel() * p.element_size() for part in parts for p in part.parameters())
+    skipped = set(map(id, model.model.language_model.embed_tokens.parameters()))
+    return sum(p.numel() * p.element_size() for part in parts for p in part.parameters() if id(p) not in skipped)
 
 
 def bench_images(engine, args) -> dict:
@@ -208,14 +221,24 @@ def bench_images(engine, args) -> dict:
         }
         if plain:
             results[name]["preview_cost_fraction"] = round(seconds / statistics.median(plain) - 1, 3)
+            results[name]["step_ms"] = round(1000 * statistics.median(r["step_s"] for r in runs), 3)
+    if request.uses_cfg and "seconds" in results.get("engine", {}):  # what turning CFG off saves, same run
+        no_cfg = replace(request, cfg_scale=1.0)
+        run_engine(engine, no_cfg)  # warm-up
+        cfg_one = statistics.median(run_engine(engine, no_cfg)["seconds"] for _ in range(args.repeats))
+        results["engine"]["cfg_1_seconds"] = round(cfg_one, 3)
+        results["engine"]["cfg_1_over_cfg"] = round(cfg_one / results["engine"]["seconds"], 3)
     for name in ("transformers", "official"):
         if "seconds" in results.get(name, {}) and "seconds" in results.get("engine", {}):
             results["engine"][f"speedup_vs_{name}"] = round(results[name]["seconds"] / results["engine"]["seconds"], 2)
     if device.type == "cuda" and "seconds" in results.get("engine", {}):
         bandwidth = copy_bandwidth(device)
-        floor = 576 * weight_bytes_per_step(engine.model) / bandwidth
-        results["bandwidth_floor"] = {"copy_gb_per_s": round(bandwidth / 1e9, 1), "floor_s": round(floor, 3),
-                                      "engine_fraction_of_floor": round(floor / results["engine"]["seconds"], 3)}
+        step_floor = weight_bytes_per_step(engine.model) / bandwidth
+        results["bandwidth_floor"] = {
+            "copy_gb_per_s": round(bandwidth / 1e9, 1), "floor_s": round(576 * step_floor, 3),
+            "engine_fraction_of_floor": round(576 * step_floor / results["engine"]["seconds"], 3),  # whole request
+            "step_fraction_of_floor": round(1000 * step_floor / results["engine"]["step_ms"], 3),  # decode steps only
+        }
     greedy = ImageRequest(PROMPT, num_images=min(args.num_images, 2), cfg_scale=max(args.cfg_scale, 1.5),
                           temperature=0, seed=SEED)  # transformers needs CFG > 1
     results["greedy_tokens_equal_transformers"] = bool(
@@ -234,12 +257,17 @@ def bench_understanding(engine, args) -> dict:
     prompt_tokens = engine.responder.inputs(messages)["input_ids"].shape[1]
 
     def engine_run(new_tokens):
-        started = time.perf_counter()
-        first = None
-        for piece in engine.chat(messages, temperature=0, max_new_tokens=new_tokens):
-            if piece and first is None:
-                first = time.perf_counter() - started
-        return first, time.perf_counter() - started
+        """Seconds for an answer of exactly `new_tokens` (EOS ignored, as `min_new_tokens` makes
+        the reference do)."""
+        config = engine.model.generation_config
+        eos, config.eos_token_id = config.eos_token_id, None
+        try:
+            started = time.perf_counter()
+            for _ in engine.chat(messages, temperature=0, max_new_tokens=new_tokens):
+                pass
+            return time.perf_counter() - started
+        finally:
+            config.eos_token_id = eos
 
     def reference_run(new_tokens):
         started = time.perf_counter()
@@ -252,16 +280,13 @@ def bench_understanding(engine, args) -> dict:
         return time.perf_counter() - started
 
     engine_run(2), reference_run(2)  # warm-up
-    first, total = engine_run(args.new_tokens)
-    ref_prefill, ref_total = reference_run(1), reference_run(args.new_tokens)
     decode_tokens = args.new_tokens - 1
-    return {
-        "prompt_tokens": prompt_tokens,
-        "engine": {"prefill_tokens_per_s": round(prompt_tokens / first, 1),
-                   "decode_tokens_per_s": round(decode_tokens / max(total - first, 1e-9), 1)},
-        "transformers": {"prefill_tokens_per_s": round(prompt_tokens / ref_prefill, 1),
-                         "decode_tokens_per_s": round(decode_tokens / max(ref_total - ref_prefill, 1e-9), 1)},
-    }
+    figures = {"prompt_tokens": prompt_tokens}
+    for name, answer in (("engine", engine_run), ("transformers", reference_run)):
+        prefill, total = answer(1), answer(args.new_tokens)  # one token = preprocessing and prefill
+        figures[name] = {"prefill_tokens_per_s": round(prompt_tokens / prefill, 1),
+                         "decode_tokens_per_s": round(decode_tokens / max(total - prefill, 1e-9), 1)}
+    return figures
 
 
 def machine(device: torch.device) -> str:
@@ -285,12 +310,16 @@ def print_table(figures: dict) -> None:
     for key in ("speedup_vs_transformers", "speedup_vs_official"):
         if key in engine:
             print(f"engine {key.replace('_', ' ')}: {engine[key]}x")
+    if "cfg_1_over_cfg" in engine:
+        print(f"engine at CFG 1: {engine['cfg_1_seconds']} s, {engine['cfg_1_over_cfg']}x the time at "
+              f"CFG {figures['cfg_scale']}; decode step {engine['step_ms']} ms")
     if "preview_cost_fraction" in engine:
         print(f"previews cost {100 * engine['preview_cost_fraction']:.1f}% of the engine's time (vs previews off)")
     if "bandwidth_floor" in figures["images"]:
         floor = figures["images"]["bandwidth_floor"]
-        print(f"bandwidth floor {floor['floor_s']} s at {floor['copy_gb_per_s']} GB/s: "
-              f"engine at {100 * floor['engine_fraction_of_floor']:.0f}% of it")
+        print(f"bandwidth floor {floor['floor_s']} s at {floor['copy_gb_per_s']} GB/s: engine at "
+              f"{100 * floor['engine_fraction_of_floor']:.0f}% of it (decode steps alone: "
+              f"{100 * floor['step_fraction_of_floor']:.0f}%)")
     print(f"greedy tokens equal transformers': {figures['images']['greedy_tokens_equal_transformers']}")
     if "understanding" in figures:
         u = figures["understanding"]

@@ -28,9 +28,12 @@ def test_generation_benchmark_compares_three_loops_and_understanding(artifacts):
         assert images[name]["seconds_per_image"] > 0 and images[name]["peak_memory_mb"] > 0
     assert images["engine"]["first_preview_s"] is not None and images["transformers"]["first_preview_s"] is None
     assert {"speedup_vs_transformers", "speedup_vs_official", "preview_cost_fraction"} <= images["engine"].keys()
+    assert images["engine"]["step_ms"] > 0 and 0 < images["engine"]["cfg_1_over_cfg"]
     assert images["greedy_tokens_equal_transformers"] is True
-    assert figures["understanding"]["engine"]["decode_tokens_per_s"] > 0
-    assert "bandwidth_floor" not in images  # CUDA only
+    for name in ("engine", "transformers"):
+        understanding = figures["understanding"][name]
+        assert understanding["prefill_tokens_per_s"] > 0 and understanding["decode_tokens_per_s"] > 0
+    assert ("bandwidth_floor" in images) == (figures["device"].startswith("cuda"))
 
 
 def test_cfg_one_is_benchmarked_against_itself(artifacts):

@@ -27,7 +27,8 @@ def reference_prompt_inputs(engine, prompt: str):
     ("prompt", "num_images", "cfg_scale"),
     [("a red cat", 1, 5.0), ("a red cat", 3, 5.0), ("two dogs on a big boat at night", 2, 2.5)],
 )
-def test_greedy_tokens_equal_transformers_generate(engine, prompt, num_images, cfg_scale):
+def test_greedy_tokens_equal_transformers_generate(lively_engine, prompt, num_images, cfg_scale):
+    engine = lively_engine
     inputs = reference_prompt_inputs(engine, prompt)
     # generate() refuses greedy with num_return_sequences > 1, so repeat the prompt instead.
     expected = engine.model.generate(
@@ -41,6 +42,7 @@ def test_greedy_tokens_equal_transformers_generate(engine, prompt, num_images, c
     assert result.tokens.shape == (num_images, 576)
     assert result.tokens.dtype == torch.long
     assert torch.equal(result.tokens, expected)
+    assert len(set(result.tokens[0].tolist())) > 150, "varied tokens: an equality that proves something"
 
 
 def original_algorithm_picks(model, prompt_ids, tokens, *, pad_id, cfg_scale, temperature, seed):
@@ -341,7 +343,22 @@ def test_decode_step_only_updates_its_buffers_in_place(engine):
     steps.close()
 
 
-def test_a_failed_cuda_graph_capture_falls_back_to_eager(monkeypatch, caplog):
+def loop_tokens(engine, *, cfg_scale: float = 5.0, fixed_shapes: bool = True, use_cuda_graph: bool = False):
+    """Tokens of a 2-image TokenLoop run here on the CPU, with the GPU's fixed shapes or the CPU's."""
+    from janus_demo.sampling import image_uniforms
+    from janus_demo.token_loop import TokenLoop
+
+    ids, mask = engine.generator.rows(ImageRequest("a lighthouse in a storm", num_images=2, cfg_scale=cfg_scale), 2)
+    uniforms = torch.stack([image_uniforms(11, i, 576) for i in range(2)])
+    loop = TokenLoop(engine.model, ids, mask, uniforms=uniforms, cfg_scale=cfg_scale, temperature=1.0,
+                     top_k=None, top_p=None, num_tokens=576, fixed_shapes=fixed_shapes)
+    with torch.inference_mode():
+        for _ in loop.steps(use_cuda_graph=use_cuda_graph):
+            pass
+    return loop.tokens
+
+
+def test_a_failed_cuda_graph_capture_falls_back_to_eager(engine, monkeypatch, caplog):
     from janus_demo import token_loop
 
     class BrokenGraph:
@@ -357,8 +374,11 @@ def test_a_failed_cuda_graph_capture_falls_back_to_eager(monkeypatch, caplog):
     monkeypatch.setattr(token_loop, "_graphs_broken", False)
     monkeypatch.setattr(torch.cuda, "CUDAGraph", BrokenGraph)
     monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: FakeStream())
-    loop = token_loop.TokenLoop.__new__(token_loop.TokenLoop)
-    assert loop._capture(FakeStream()) is None  # the caller keeps the eager step
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device=None: FakeStream())
+    monkeypatch.setattr(token_loop.TokenLoop, "_on_stream", staticmethod(lambda stream, work: work()))
+    # The whole CUDA-graph path of the loop (warm-up, failed capture) on the CPU: the same tokens.
+    tokens = [loop_tokens(engine, use_cuda_graph=use_cuda_graph) for use_cuda_graph in (True, False)]
+    assert torch.equal(tokens[0], tokens[1])
     assert "decoding eagerly" in caplog.text
     assert not token_loop.cuda_graphs_wanted(torch.device("cuda"))  # and later requests skip capture
     monkeypatch.setattr(token_loop, "_graphs_broken", False)
@@ -387,21 +407,13 @@ def test_preview_budget_keeps_previews_within_their_fraction(monkeypatch):
 def test_the_gpu_shaped_step_gives_the_same_tokens_as_the_cpu_step(engine, cfg_scale):
     """On a GPU every step attends over the whole static cache (fixed shapes for the CUDA graph);
     on the CPU only over the filled slots. Run eagerly here, both choose the same tokens."""
-    from janus_demo.sampling import image_uniforms
     from janus_demo.token_loop import TokenLoop
 
-    request = ImageRequest("a lighthouse in a storm", num_images=2, cfg_scale=cfg_scale, temperature=1.0)
-    ids, mask = engine.generator.rows(request, 2)
-    uniforms = torch.stack([image_uniforms(11, i, 576) for i in range(2)])
-    tokens = []
-    for fixed in (True, False):
-        loop = TokenLoop(engine.model, ids, mask, uniforms=uniforms, cfg_scale=cfg_scale, temperature=1.0,
-                         top_k=None, top_p=None, num_tokens=576, fixed_shapes=fixed)
-        with torch.inference_mode():
-            for _ in loop.steps(use_cuda_graph=False):
-                pass
-        tokens.append(loop.tokens)
-    assert torch.equal(tokens[0], tokens[1])
+    gpu_shaped = loop_tokens(engine, cfg_scale=cfg_scale, fixed_shapes=True)
+    assert torch.equal(gpu_shaped, loop_tokens(engine, cfg_scale=cfg_scale, fixed_shapes=False))
+    ids, mask = engine.generator.rows(ImageRequest("a cat", num_images=1), 1)
+    loop = TokenLoop(engine.model, ids, mask, uniforms=torch.zeros(1, 576), cfg_scale=5.0, temperature=1.0,
+                     top_k=None, top_p=None, num_tokens=576, fixed_shapes=False)
     with pytest.raises(ValueError, match="fixed_shapes"):
         next(loop.steps(use_cuda_graph=True))
 

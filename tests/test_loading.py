@@ -63,8 +63,9 @@ def test_default_on_cpu_is_1b_and_logged(caplog):
     assert "no GPU" in caplog.text
 
 
-def test_device_and_dtype_choice_on_cpu():
-    assert pick_device(None) == torch.device("cpu")  # no GPU on the test machines
+def test_device_and_dtype_choice_on_cpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on the test machines, also on a GPU host
+    assert pick_device(None) == torch.device("cpu")
     auto = pick_precision(torch.device("cpu"))
     assert (auto.llm, auto.vision, auto.vq) == (torch.float32, torch.float32, torch.float32)
     bf16 = pick_precision(torch.device("cpu"), "bf16")

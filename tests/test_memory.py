@@ -125,8 +125,10 @@ def test_chunked_generation_gives_the_same_images_and_says_so(engine, monkeypatc
     assert note in progress_text(generation.Progress(1, 1728, None, note), 0.5)
 
 
-def test_greedy_chunks_equal_transformers_generate(engine, monkeypatch):
+def test_greedy_chunks_equal_transformers_generate(lively_engine, monkeypatch):
     from test_generation import reference_prompt_inputs
+
+    engine = lively_engine
 
     inputs = reference_prompt_inputs(engine, "a small red boat")
     expected = engine.model.generate(input_ids=inputs.input_ids.repeat(4, 1),
