@@ -6,7 +6,9 @@ Each client has its own prompt, seed and question. Their reference results are f
 one at a time; then all clients run together and every result must equal its reference
 byte for byte (images) or character for character (answers): nobody gets someone else's
 result or a partial one. Prints throughput and latency; exits 1 if anything was wrong.
-Bounded: --clients x --requests requests, and --max-seconds for the whole run.
+Bounded: --clients x --requests requests, and --max-seconds for the whole run (a request
+still running then is cancelled). Answers to different questions must differ, or a swap
+could not be seen.
 """
 
 from __future__ import annotations
@@ -54,16 +56,24 @@ def requests_for(client_id: int, count: int, args) -> list[tuple[str, dict]]:
                                           num_images=args.images, cfg_scale=5.0, temperature=1.0,
                                           seed=1000 * client_id + i)))
         else:
+            # Sampled with a seed of its own: reproducible, and distinct even on a random model
+            # whose greedy answer would be the same for every question.
             out.append(("/understand", dict(image=str(CHART), question=f"Client {client_id}, question {i}: what sold best?",
-                                            temperature=0.0, top_p=0.95, max_new_tokens=args.max_new_tokens,
-                                            seed=None)))
+                                            temperature=1.0, top_p=0.95, max_new_tokens=args.max_new_tokens,
+                                            seed=1000 * client_id + i)))
     return out
 
 
-def call(client: Client, endpoint: str, params: dict):
+def call(client: Client, endpoint: str, params: dict, deadline: float):
+    """One request, given up (and cancelled on the server) at the run's deadline."""
     if endpoint == "/understand":
         params = {**params, "image": handle_file(params["image"])}
-    return client.predict(**params, api_name=endpoint)
+    job = client.submit(**params, api_name=endpoint)
+    try:
+        return job.result(timeout=max(deadline - time.monotonic(), 0.1))
+    except TimeoutError:
+        job.cancel()
+        raise TimeoutError("run exceeded --max-seconds") from None
 
 
 def fingerprint(endpoint: str, params: dict, result) -> object:
@@ -90,9 +100,13 @@ def main(argv=None) -> int:
 
     print(f"reference run: {args.clients * args.requests} requests one at a time")
     reference_client = Client(args.url, verbose=False)
-    reference = {(c, i): fingerprint(ep, p, call(reference_client, ep, p))
+    reference = {(c, i): fingerprint(ep, p, call(reference_client, ep, p, deadline))
                  for c, plan in plans.items() for i, (ep, p) in enumerate(plan)}
     reference_client.close()
+    answers = [reference[(c, i)] for c, plan in plans.items() for i, (ep, _) in enumerate(plan) if ep == "/understand"]
+    if len(set(answers)) < len(answers):  # else a swapped answer would pass unnoticed
+        print("FAILED: two questions got the same reference answer; the run could not tell clients apart")
+        return 1
 
     latencies: dict[str, list[float]] = {"/generate": [], "/understand": []}
     failures: list[str] = []
@@ -102,10 +116,8 @@ def main(argv=None) -> int:
         client = Client(args.url, verbose=False)
         try:
             for i, (endpoint, params) in enumerate(plans[c]):
-                if time.monotonic() > deadline:
-                    raise TimeoutError("run exceeded --max-seconds")
                 start = time.perf_counter()
-                result = call(client, endpoint, params)
+                result = call(client, endpoint, params, deadline)
                 elapsed = time.perf_counter() - start
                 ok = fingerprint(endpoint, params, result) == reference[(c, i)]
                 with lock:
