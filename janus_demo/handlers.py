@@ -167,6 +167,15 @@ def draw(prompt, negative_prompt, num_images, cfg_scale, temperature, seed, rand
     yield from gallery_stream(request)
 
 
+def stopped(status: str | None):
+    """The status line after Stop: where drawing stopped (a run that had finished stays "Done")."""
+    if status and status.startswith("Done"):
+        return gr.skip()
+    if status and status.startswith("Step "):
+        return f"Stopped at {status.split(' · ')[0].lower()}."
+    return "Stopped."
+
+
 @user_facing
 def api_generate(prompt: str, num_images: int = 4, cfg_scale: float = 5.0, temperature: float = 1.0, seed=None):
     """Draw `num_images` images: streams previews, ends with the PNGs (parameters in their metadata) and the seed."""
@@ -233,9 +242,9 @@ def answer_stream(messages: list[dict], settings: ChatSettings) -> Iterator[str]
 
 
 @user_facing
-def respond(history: list[dict], temperature, top_p, max_new_tokens, seed):
+def respond(history: list[dict], temperature, top_p, max_new_tokens, seed, randomize_seed=False):
     """Stream the assistant's answer to the conversation into the chat."""
-    settings = chat_settings(temperature, top_p, max_new_tokens, seed)
+    settings = chat_settings(temperature, top_p, max_new_tokens, None if randomize_seed else seed)
     messages = history_to_messages(history)
     check_conversation(messages)
     answer = {"role": "assistant", "content": ""}
@@ -246,11 +255,11 @@ def respond(history: list[dict], temperature, top_p, max_new_tokens, seed):
         yield history
 
 
-def retry(history: list[dict], temperature, top_p, max_new_tokens, seed):
+def retry(history: list[dict], temperature, top_p, max_new_tokens, seed, randomize_seed=False):
     """Answer the last user message again (drops the answers after it)."""
     while history and history[-1]["role"] == "assistant":
         history = history[:-1]
-    yield from respond(history, temperature, top_p, max_new_tokens, seed)
+    yield from respond(history, temperature, top_p, max_new_tokens, seed, randomize_seed)
 
 
 @user_facing

@@ -61,8 +61,10 @@ def build_demo(
                     chat_top_p = gr.Slider(0.05, 1, value=0.95, step=0.05, label="Top-p")
                     chat_max_tokens = gr.Slider(*handlers.MAX_NEW_TOKENS_RANGE, value=512, step=1,
                                                 label="Max new tokens", elem_id="chat-max-tokens")
-                    chat_seed = gr.Number(value=None, precision=0, minimum=0, maximum=MAX_SEED,
-                                          label="Seed (empty = random)")
+                    with gr.Row():  # Gradio shows (and sends) an empty Number as 0: a checkbox says "random"
+                        chat_seed = gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed",
+                                              elem_id="chat-seed")
+                        chat_randomize = gr.Checkbox(value=True, label="Random seed", elem_id="chat-random-seed")
                 gr.Examples(chat_examples(), inputs=[textbox], label="Examples", cache_examples=False)
 
             with gr.Tab("Draw", id="draw", elem_id="draw-tab"):
@@ -105,7 +107,7 @@ def build_demo(
             api_understand_out = gr.Textbox(label="answer")
 
         # ----- chat wiring -----
-        settings = [chat_temperature, chat_top_p, chat_max_tokens, chat_seed]
+        settings = [chat_temperature, chat_top_p, chat_max_tokens, chat_seed, chat_randomize]
         submitted = textbox.submit(handlers.add_user_message, [chatbot, textbox], [chatbot, textbox], **PRIVATE)
         answering = submitted.success(handlers.respond, [chatbot, *settings], [chatbot], **gpu, **PRIVATE)
         retrying = gr.on([chat_retry.click, chatbot.retry], handlers.retry, [chatbot, *settings], [chatbot],
@@ -123,7 +125,7 @@ def build_demo(
             [prompt, negative, num_images, cfg_scale, temperature, seed, randomize], [gallery, status, seed],
             **draw_group, **PRIVATE,
         )
-        draw_stop.click(None, cancels=[drawing], queue=False, **PRIVATE)
+        draw_stop.click(handlers.stopped, [status], [status], cancels=[drawing], queue=False, **PRIVATE)
 
         # ----- public API -----
         api_generate_btn.click(handlers.api_generate, api_generate_in, api_generate_out, api_name="generate",

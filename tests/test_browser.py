@@ -191,3 +191,71 @@ def test_closing_the_tab_stops_the_model(serve, browser, monkeypatch):
     late = [t for t in steps if t > closed_at]
     assert len(steps) < 576, "the 16-image run was not finished when the tab closed"
     assert not late or late[-1] - closed_at < 1.0, late[-1] - closed_at
+
+
+def settled(read, within: float = 3.0) -> str:
+    """`read()` once two readings 0.3 s apart agree (at most `within` seconds)."""
+    deadline, last = time.monotonic() + within, read()
+    while time.monotonic() < deadline:
+        time.sleep(0.3)
+        now = read()
+        if now == last:
+            return now
+        last = now
+    raise AssertionError(f"still changing after {within} s: {last!r}")
+
+
+def answer_text(page) -> str:
+    bots = page.locator('#chatbot [data-testid="bot"]')
+    return bots.last.inner_text() if bots.count() else ""
+
+
+def test_stop_retry_and_clear_in_the_chat_and_stop_in_the_draw_tab(app, browser, artifacts):
+    page = browser.new_page(viewport={"width": 1280, "height": 1100})
+    page.goto(app.url)
+    page.wait_for_selector("#chat-input textarea")
+    page.locator("#chat-settings").get_by_text("Settings").click()
+    assert page.locator("#chat-random-seed input[type=checkbox]").is_checked()  # Retry gives a new answer
+    max_tokens = page.locator("#chat-max-tokens input[type=number]")
+    max_tokens.fill("1024")
+    max_tokens.press("Enter")
+    page.locator("#chat-input textarea").fill("Tell me everything.")
+    page.locator("#chat-input textarea").press("Enter")
+    page.wait_for_function("() => document.querySelectorAll('#chatbot [data-testid=\"bot\"]').length > 0"
+                           " && document.querySelector('#chatbot [data-testid=\"bot\"]').innerText.length > 20",
+                           timeout=60_000)
+    page.locator("#chat-stop").click()
+    page.wait_for_function("() => !document.querySelector('#chat-input textarea').disabled", timeout=10_000)
+    stopped = settled(lambda: answer_text(page))  # a piece already on its way may still land
+    time.sleep(1.5)
+    assert answer_text(page) == stopped, "the answer kept growing after Stop"
+    assert stopped, "what was said before Stop stays"
+
+    page.locator("#chat-retry").click()  # a fresh answer to the same question replaces the stopped one
+    page.wait_for_function("(old) => { const b = document.querySelectorAll('#chatbot [data-testid=\"bot\"]');"
+                           " return b.length === 1 && b[0].innerText.length > 0 && b[0].innerText !== old; }",
+                           arg=stopped, timeout=60_000)
+    page.locator("#chat-stop").click()
+    assert page.locator('#chatbot [data-testid="user"]').count() == 1
+    page.screenshot(path=str(artifacts / "chat-after-retry.png"), full_page=True)
+    page.locator("#chat-clear").click()
+    page.wait_for_function("() => document.querySelectorAll('#chatbot [data-testid=\"user\"]').length === 0",
+                           timeout=10_000)
+
+    page.get_by_role("tab", name="Draw").click()
+    page.locator("#prompt textarea").fill("a very slow picture")
+    samples = page.locator("#draw-tab input[type=number]").first  # "Parallel samples"
+    samples.fill("16")
+    samples.press("Enter")
+    page.locator("#generate").click()
+    page.wait_for_function("() => (document.querySelector('#status')?.innerText || '').startsWith('Step')",
+                           timeout=60_000)
+    page.locator("#draw-stop").click()
+    page.wait_for_function("() => (document.querySelector('#status')?.innerText || '').startsWith('Stopped at step')",
+                           timeout=5_000)
+    status = page.locator("#status").inner_text()
+    time.sleep(3.0)
+    assert page.locator("#status").inner_text() == status, "nothing moved after Stop"
+    assert not any("janus_" in (img.get_attribute("src") or "") for img in page.locator("#gallery img").all())
+    page.screenshot(path=str(artifacts / "draw-stopped.png"), full_page=True)
+    page.close()

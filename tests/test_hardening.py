@@ -376,3 +376,17 @@ def test_a_refused_chat_message_leaves_the_conversation_usable(engine):
     with pytest.raises(gr.Error, match="limit is 8"):  # refused before an empty answer bubble appears
         next(handlers.respond(too_many, 0, 0.95, 4, None))
     SEEN.append(("chat: a 9th image", "This conversation has 9 images; the limit is 8 (the chat stays usable)."))
+
+
+def test_the_chat_seed_is_random_unless_fixed(engine):
+    """Gradio 6 shows and sends an empty Number as 0, so "random" is a checkbox of its own."""
+    from janus_demo import gpu_tasks
+
+    gpu_tasks.install(engine)
+    history, _ = handlers.add_user_message([], {"text": "Tell me a story.", "files": []})
+
+    def answer(seed, randomize):
+        return list(handlers.respond(history, 1.0, 0.95, 12, seed, randomize))[-1][-1]["content"]
+
+    assert answer(5, False) == answer(5, False)
+    assert len({answer(5, True) for _ in range(3)}) > 1
