@@ -251,11 +251,13 @@ def test_stop_retry_and_clear_in_the_chat_and_stop_in_the_draw_tab(app, browser,
     page.wait_for_function("() => (document.querySelector('#status')?.innerText || '').startsWith('Step')",
                            timeout=60_000)
     page.locator("#draw-stop").click()
-    page.wait_for_function("() => (document.querySelector('#status')?.innerText || '').startsWith('Stopped at step')",
-                           timeout=5_000)
-    status = page.locator("#status").inner_text()
+    # The status text itself: Gradio now and then also badges a cancelled event's outputs "Error"
+    # (an upstream race, see the README), which is not ours to test.
+    status_text = 'document.querySelector(\'#status [data-testid="markdown"]\')?.innerText || ""'
+    page.wait_for_function(f"() => ({status_text}).startsWith('Stopped at step')", timeout=5_000)
+    status = page.evaluate(f"() => {status_text}")
     time.sleep(3.0)
-    assert page.locator("#status").inner_text() == status, "nothing moved after Stop"
+    assert page.evaluate(f"() => {status_text}") == status, "nothing moved after Stop"
     assert not any("janus_" in (img.get_attribute("src") or "") for img in page.locator("#gallery img").all())
     page.screenshot(path=str(artifacts / "draw-stopped.png"), full_page=True)
     page.close()
