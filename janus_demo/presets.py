@@ -120,6 +120,13 @@ class Preset:
     extra: dict = field(default_factory=dict)
 
 
+# What Janus-Pro-1B and -7B share: SigLIP-L, the VQ decoder, the real vocabulary; built in memory.
+_REAL_SIZE = dict(
+    vision=dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16),
+    vq=dict(base_channels=128, channel_multiplier=[1, 1, 2, 2, 4], num_res_blocks=2, latent_channels=256),
+    real_vocab=True,
+    on_disk=False,
+)
 PRESETS: dict[str, Preset] = {
     "tiny": Preset(
         text=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4),
@@ -133,17 +140,11 @@ PRESETS: dict[str, Preset] = {
     ),
     "janus-pro-1b": Preset(
         text=dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=24, num_attention_heads=16),
-        vision=dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16),
-        vq=dict(base_channels=128, channel_multiplier=[1, 1, 2, 2, 4], num_res_blocks=2, latent_channels=256),
-        real_vocab=True,
-        on_disk=False,
+        **_REAL_SIZE,
     ),
     "janus-pro-7b": Preset(
         text=dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=30, num_attention_heads=32),
-        vision=dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16),
-        vq=dict(base_channels=128, channel_multiplier=[1, 1, 2, 2, 4], num_res_blocks=2, latent_channels=256),
-        real_vocab=True,
-        on_disk=False,
+        **_REAL_SIZE,
     ),
 }
 _BUILD_VERSION = 1  # bump when the build recipe changes, so stale caches are rebuilt

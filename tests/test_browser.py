@@ -162,6 +162,18 @@ def test_each_visitor_has_their_own_conversation(app, browser, artifacts):
     assert "Bob asks about boats" in bob_text and "Alice" not in bob_text
 
 
+def start_a_slow_drawing(page) -> None:
+    """16 images on the Draw tab, returning once the first steps are reported."""
+    page.get_by_role("tab", name="Draw").click()
+    page.locator("#prompt textarea").fill("a very slow picture")
+    samples = page.locator("#draw-tab input[type=number]").first  # "Parallel samples"
+    samples.fill("16")
+    samples.press("Enter")
+    page.locator("#generate").click()
+    page.wait_for_function("() => (document.querySelector('#status')?.innerText || '').startsWith('Step')",
+                           timeout=60_000)
+
+
 def test_closing_the_tab_stops_the_model(serve, browser, monkeypatch):
     from janus_demo import gpu_tasks
 
@@ -177,14 +189,7 @@ def test_closing_the_tab_stops_the_model(serve, browser, monkeypatch):
         monkeypatch.setattr(language_model, "forward", counted)
         visitor = browser.new_page()
         visitor.goto(demo.local_url)
-        visitor.get_by_role("tab", name="Draw").click()
-        visitor.locator("#prompt textarea").fill("a very slow picture")
-        samples = visitor.locator("#draw-tab input[type=number]").first  # "Parallel samples"
-        samples.fill("16")
-        samples.press("Enter")
-        visitor.locator("#generate").click()
-        visitor.wait_for_function("() => (document.querySelector('#status')?.innerText || '').startsWith('Step')",
-                                  timeout=60_000)
+        start_a_slow_drawing(visitor)
         closed_at = time.monotonic()
         visitor.close()
         time.sleep(3)
@@ -242,14 +247,7 @@ def test_stop_retry_and_clear_in_the_chat_and_stop_in_the_draw_tab(app, browser,
     page.wait_for_function("() => document.querySelectorAll('#chatbot [data-testid=\"user\"]').length === 0",
                            timeout=10_000)
 
-    page.get_by_role("tab", name="Draw").click()
-    page.locator("#prompt textarea").fill("a very slow picture")
-    samples = page.locator("#draw-tab input[type=number]").first  # "Parallel samples"
-    samples.fill("16")
-    samples.press("Enter")
-    page.locator("#generate").click()
-    page.wait_for_function("() => (document.querySelector('#status')?.innerText || '').startsWith('Step')",
-                           timeout=60_000)
+    start_a_slow_drawing(page)
     page.locator("#draw-stop").click()
     # The status text itself: Gradio now and then also badges a cancelled event's outputs "Error"
     # (an upstream race, see the README), which is not ours to test.
