@@ -17,6 +17,7 @@ import logging
 import secrets
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -104,23 +105,26 @@ class Slice:
 
 class PreviewBudget:
     """Allows a preview when it would keep preview time within `fraction` of the decoding time
-    (0: never). The next preview is assumed to cost what the last one did."""
+    (0: never). A preview decodes the finished rows, so its cost grows with them: the next one
+    is predicted from the last one's cost per row."""
 
     def __init__(self, fraction: float) -> None:
         self.fraction = fraction
         self.started = time.perf_counter()
-        self.spent = self.last = 0.0
+        self.spent = 0.0
+        self.per_row = 0.0
 
-    def allows(self) -> bool:
+    def allows(self, rows: int) -> bool:
         decoding = time.perf_counter() - self.started - self.spent
-        return self.fraction > 0 and self.spent + self.last <= self.fraction * decoding
+        return self.fraction > 0 and self.spent + self.per_row * rows <= self.fraction * decoding
 
-    def __enter__(self) -> None:
-        self._t0 = time.perf_counter()
-
-    def __exit__(self, *exc) -> None:
-        self.last = time.perf_counter() - self._t0
-        self.spent += self.last
+    @contextmanager
+    def timing(self, rows: int) -> Iterator[None]:
+        started = time.perf_counter()
+        yield
+        took = time.perf_counter() - started
+        self.spent += took
+        self.per_row = took / rows
 
 
 @dataclass
@@ -261,8 +265,9 @@ class ImageGenerator:
             for step in steps if not is_cancelled() else ():
                 done = step + 1
                 previews = None
-                if done % self.grid == 0 and done < self.num_tokens and budget.allows():
-                    with budget:
+                rows = done // self.grid
+                if done % self.grid == 0 and done < self.num_tokens and budget.allows(rows):
+                    with budget.timing(rows):
                         flat = self.preview(loop.tokens[:, :done])
                     previews = [flat[sum(counts[:i]) : sum(counts[: i + 1])] for i in range(len(counts))]
                 yield done, previews

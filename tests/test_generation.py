@@ -393,14 +393,14 @@ def test_preview_budget_keeps_previews_within_their_fraction(monkeypatch):
     monkeypatch.setattr("janus_demo.generation.time.perf_counter", lambda: clock[0])
     budget = PreviewBudget(0.05)
     clock[0] = 1.0
-    assert budget.allows()  # the first preview is free to come early
-    with budget:
-        clock[0] += 0.04
-    clock[0] = 1.04 + 0.5  # 1.5 s decoding: a second 0.04 s preview would make 0.08 > 0.075
-    assert not budget.allows()
-    clock[0] = 1.04 + 1.6  # 1.6 s decoding: 0.08 <= 0.08
-    assert budget.allows()
-    assert not PreviewBudget(0).allows()
+    assert budget.allows(1)  # the first preview (one row) is free to come early
+    with budget.timing(1):
+        clock[0] += 0.04  # 0.04 s a row
+    clock[0] = 0.04 + 1.5  # 1.5 s decoding allows 0.075 s: two rows more would make 0.04 + 0.08
+    assert not budget.allows(2)
+    clock[0] = 0.04 + 2.5  # 2.5 s allows 0.125 s: two rows fit, three (0.04 + 0.12) do not
+    assert budget.allows(2) and not budget.allows(3)
+    assert not PreviewBudget(0).allows(1)
 
 
 @pytest.mark.parametrize("cfg_scale", [5.0, 1.0])
