@@ -69,11 +69,33 @@ def page(app, browser):
     page.close()
 
 
+def settled(read, within: float = 3.0) -> str:
+    """`read()` once two readings 0.3 s apart agree (at most `within` seconds)."""
+    deadline, last = time.monotonic() + within, read()
+    while time.monotonic() < deadline:
+        time.sleep(0.3)
+        now = read()
+        if now == last:
+            return now
+        last = now
+    raise AssertionError(f"still changing after {within} s: {last!r}")
+
+
+def answer_text(page) -> str:
+    bots = page.locator('#chatbot [data-testid="bot"]')
+    return bots.last.inner_text() if bots.count() else ""
+
+
 def test_chat_tab_streams_an_answer_about_an_uploaded_image(page, artifacts):
     page.locator("#chat-settings").get_by_text("Settings").click()
     max_tokens = page.locator("#chat-max-tokens input[type=number]")
-    max_tokens.fill("96")
+    max_tokens.fill("128")
     max_tokens.press("Enter")
+    # A fixed seed, so every run sees the same answer and a failure can be replayed.
+    page.locator("#chat-random-seed input[type=checkbox]").uncheck()
+    seed = page.locator("#chat-seed input[type=number]")
+    seed.fill("7")
+    seed.press("Enter")
     page.locator("#chat-input input[type=file]").set_input_files(str(EXAMPLES / "chart.png"))
     page.wait_for_selector("#chat-input img, #chat-input .thumbnail-item", timeout=15_000)
     page.locator("#chat-input textarea").fill("Which month sold most?")
@@ -83,10 +105,12 @@ def test_chat_tab_streams_an_answer_about_an_uploaded_image(page, artifacts):
     page.wait_for_function(
         "() => !document.querySelector('#chat-input textarea').disabled", timeout=120_000
     )  # the answer is complete and the box is usable again
+    final = settled(lambda: answer_text(page))  # the chatbot may render its last update a moment later
     page.screenshot(path=str(artifacts / "chat.png"), full_page=True)
     answers = page.evaluate("window.seen.answers")
     texts = [a["text"] for a in answers]
-    assert len(texts) >= 3, "the answer grew in several steps on screen"
+    assert texts[-1] == final
+    assert len(texts) >= 3, f"the answer grew in several steps on screen: {answers}"
     assert all(len(b) >= len(a) for a, b in zip(texts, texts[1:]))
     assert len(texts[-1]) > 50
     assert page.locator('#chatbot [data-testid="user"]').last.inner_text().strip() == "Which month sold most?"
@@ -196,23 +220,6 @@ def test_closing_the_tab_stops_the_model(serve, browser, monkeypatch):
     late = [t for t in steps if t > closed_at]
     assert len(steps) < 576, "the 16-image run was not finished when the tab closed"
     assert not late or late[-1] - closed_at < 1.0, late[-1] - closed_at
-
-
-def settled(read, within: float = 3.0) -> str:
-    """`read()` once two readings 0.3 s apart agree (at most `within` seconds)."""
-    deadline, last = time.monotonic() + within, read()
-    while time.monotonic() < deadline:
-        time.sleep(0.3)
-        now = read()
-        if now == last:
-            return now
-        last = now
-    raise AssertionError(f"still changing after {within} s: {last!r}")
-
-
-def answer_text(page) -> str:
-    bots = page.locator('#chatbot [data-testid="bot"]')
-    return bots.last.inner_text() if bots.count() else ""
 
 
 def test_stop_retry_and_clear_in_the_chat_and_stop_in_the_draw_tab(app, browser, artifacts):
