@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from janus_demo import load_engine  # noqa: E402
 from janus_demo.presets import PRESETS  # noqa: E402
+from janus_demo.token_loop import CACHE_KWARG  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 STRIP_ROWS = 2
@@ -83,8 +84,8 @@ class Parts:
         def step() -> None:
             cache = DynamicCache(config=self.model.config.get_text_config(decoder=True))
             embeds = self.model.prepare_embeddings_for_image_generation(token)
-            inner.language_model(inputs_embeds=embeds, cache=cache, use_cache=True)  # fills the cache
-            hidden = inner.language_model(inputs_embeds=embeds, cache=cache, use_cache=True).last_hidden_state
+            inner.language_model(inputs_embeds=embeds, use_cache=True, **{CACHE_KWARG: cache})  # fills the cache
+            hidden = inner.language_model(inputs_embeds=embeds, use_cache=True, **{CACHE_KWARG: cache}).last_hidden_state
             inner.generation_head(hidden[:, -1, :])
 
         return step

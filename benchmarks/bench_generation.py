@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from janus_demo import load_engine  # noqa: E402
 from janus_demo.generation import GenerationResult, ImageRequest  # noqa: E402
 from janus_demo.presets import PRESETS  # noqa: E402
+from janus_demo.token_loop import CACHE_KWARG  # noqa: E402
 
 PROMPT = "A watercolor fox curled up in fresh snow, soft morning light"
 SEED = 1234
@@ -152,7 +153,7 @@ def run_official(engine, request: ImageRequest) -> dict:
         generated = torch.zeros((n, 576), dtype=torch.int, device=model.device)
         cache = DynamicCache(config=model.config.text_config)
         for i in range(576):
-            hidden = model.model.language_model(inputs_embeds=inputs_embeds, use_cache=True, cache=cache)
+            hidden = model.model.language_model(inputs_embeds=inputs_embeds, use_cache=True, **{CACHE_KWARG: cache})
             logits = model.model.generation_head(hidden.last_hidden_state[:, -1, :])
             logit_cond, logit_uncond = logits[0::2, :], logits[1::2, :]
             logits = logit_uncond + request.cfg_scale * (logit_cond - logit_uncond)

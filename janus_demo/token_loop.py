@@ -14,6 +14,7 @@ slots filled so far instead of all 600 (a fifth of a step's time on the `small` 
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 from collections.abc import Callable, Iterator
@@ -21,6 +22,7 @@ from collections.abc import Callable, Iterator
 import torch
 from transformers import Cache, StaticCache
 from transformers.cache_utils import StaticLayer
+from transformers.models.llama.modeling_llama import LlamaModel
 
 from .sampling import choose_tokens
 
@@ -29,6 +31,9 @@ logger = logging.getLogger(__name__)
 MAX_STEPS_AHEAD = 2  # steps queued on the GPU ahead of the host: hides launch gaps, bounds lag
 WARMUP_STEPS = 2  # eager steps (cuBLAS/cuDNN set-up) before a capture
 _graphs_broken = False  # set once a capture fails on this process's GPU; later requests skip it
+# transformers renamed the decoder's `past_key_values` to `cache` (5.24 accepts both, 5.17 only the
+# old name and silently drops an unknown keyword into **kwargs): pass the name this version reads.
+CACHE_KWARG = "cache" if "cache" in inspect.signature(LlamaModel.forward).parameters else "past_key_values"
 
 
 def cuda_graphs_wanted(device: torch.device) -> bool:
@@ -109,9 +114,11 @@ class TokenLoop:
             inputs_embeds=self.model.get_input_embeddings()(self.ids),
             attention_mask=self.prompt_mask,
             position_ids=self.positions,
-            cache=self.cache,
             use_cache=True,
+            **{CACHE_KWARG: self.cache},
         ).last_hidden_state[:, -1, :]
+        if self.cache.get_seq_length() != self.length:  # once per request; a dropped cache would decode blind
+            raise RuntimeError("the language model did not fill the KV cache; this transformers version is unsupported")
         self.positions = self.positions[:, -1:] + 1
         self._pick(hidden)
 
@@ -125,8 +132,8 @@ class TokenLoop:
             inputs_embeds=self.embeds,
             attention_mask=mask,
             position_ids=self.positions,
-            cache=self.cache,
             use_cache=True,
+            **{CACHE_KWARG: self.cache},
         ).last_hidden_state[:, -1, :]
         self.positions.add_(1)
         self._pick(hidden)
