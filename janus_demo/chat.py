@@ -2,8 +2,9 @@
 
 Prompts are built exactly as the Hub processor builds them (default system prompt, chat
 template, 576 placeholders per image) so greedy answers equal `model.generate` on
-`processor.apply_chat_template(...)`. Sampling uses a per-request generator instead of the
-global RNG, so a seed gives the same answer even while other users are being served.
+`processor.apply_chat_template(...)`. Sampling uses noise hashed from the request's seed
+(sampling.py) instead of the global RNG, so a seed gives the same answer even while other
+users are being served, on any machine.
 """
 
 from __future__ import annotations
@@ -154,15 +155,19 @@ class _StopWhen(StoppingCriteria):
 
 
 class _SeededSampler(LogitsProcessor):
-    """Samples with its own generator, then leaves only the pick for greedy search to take."""
+    """Samples with noise keyed by (seed, answer token index), then leaves only the pick for
+    greedy search to take."""
 
     def __init__(self, settings: ChatSettings, seed: int) -> None:
         self.settings = settings
-        self.generator = torch.Generator().manual_seed(seed)
+        self.seed = seed
+        self.step = 0
 
     def __call__(self, input_ids, scores: torch.Tensor) -> torch.Tensor:
-        uniforms = torch.rand(scores.shape[0], generator=self.generator)
-        picked = choose_tokens(scores, uniforms, temperature=self.settings.temperature, top_p=self.settings.top_p)
+        keys = torch.full((scores.shape[0],), self.seed, dtype=torch.long, device=scores.device)
+        picked = choose_tokens(scores, keys, self.step, temperature=self.settings.temperature,
+                               top_p=self.settings.top_p)
+        self.step += 1
         out = torch.full_like(scores, float("-inf"))
         return out.scatter_(1, picked.unsqueeze(-1), 0.0)
 

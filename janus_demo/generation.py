@@ -30,7 +30,7 @@ from .errors import Cancelled, OutOfMemory
 from .images import NEUTRAL_GRAY, decoded_to_images, save_png
 from .memory import RESERVE_BYTES, SAFETY, free_bytes, is_out_of_memory, plan_chunks, release_memory, request_memory
 from .prompts import control_tokens, neutralize
-from .sampling import image_uniforms
+from .sampling import image_keys
 from .token_loop import TokenLoop, cuda_graphs_wanted
 from .validation import MAX_IMAGES, MAX_PROMPT_CHARS, MAX_SEED, check_int, check_number, check_text
 
@@ -252,10 +252,9 @@ class ImageGenerator:
         """One decoding loop for all `slices` (same sampling settings). Yields (steps done, per-slice
         previews or None) and, when all 576 steps are done, sets each slice's `tokens`."""
         ids, mask = self.slice_rows(slices)
-        uniforms = [image_uniforms(part.seed, part.first + i, self.num_tokens)
-                    for part in slices for i in range(part.count)]
+        keys = torch.cat([image_keys(part.seed, part.first, part.count) for part in slices])
         request = slices[0].request
-        loop = TokenLoop(self.model, ids, mask, uniforms=torch.stack(uniforms).to(self.device),
+        loop = TokenLoop(self.model, ids, mask, keys=keys.to(self.device),
                          cfg_scale=request.cfg_scale, temperature=request.temperature, top_k=request.top_k,
                          top_p=request.top_p, num_tokens=self.num_tokens)
         counts = [part.count for part in slices]

@@ -118,6 +118,9 @@ class Preset:
     real_vocab: bool = False  # use the real 102400-token embedding table (memory figures)
     on_disk: bool = True  # save and reload through from_pretrained
     extra: dict = field(default_factory=dict)
+    # Scales the LLM, generation aligner and head weights: random logits are then peaked like a
+    # trained model's, so greedy and seeded tokens wander over hundreds of codes instead of a few.
+    weight_scale: float = 1.0
 
 
 # What Janus-Pro-1B and -7B share: SigLIP-L, the VQ decoder, the real vocabulary; built in memory.
@@ -132,6 +135,12 @@ PRESETS: dict[str, Preset] = {
         text=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4),
         vision=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2),
         vq=dict(base_channels=32, channel_multiplier=[1, 1, 1, 1, 1], num_res_blocks=0, latent_channels=32),
+    ),
+    "lively": Preset(
+        text=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4),
+        vision=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2),
+        vq=dict(base_channels=32, channel_multiplier=[1, 1, 1, 1, 1], num_res_blocks=0, latent_channels=32),
+        weight_scale=8.0,
     ),
     "small": Preset(
         text=dict(hidden_size=512, intermediate_size=1376, num_hidden_layers=4, num_attention_heads=8),
@@ -254,6 +263,13 @@ def build_model(name: str, *, device: torch.device | str = "cpu", dtype: torch.d
             model = JanusForConditionalGeneration(config)
         finally:
             torch.set_default_dtype(previous_dtype)
+    if preset.weight_scale != 1:
+        inner = model.model
+        with torch.no_grad():
+            for part in (inner.language_model.layers, inner.generation_aligner, inner.generation_head):
+                for weight in part.parameters():
+                    if weight.dim() > 1:
+                        weight.mul_(preset.weight_scale)
     _configure_generation(model, processor.tokenizer)
     return model.eval(), processor
 

@@ -2,7 +2,7 @@
 
 The prompt is prefilled eagerly. Every later step is one function over fixed buffers (the
 next input embedding, positions, a 4D attention mask, a step counter, the token grid and
-the per-image uniforms) and a static KV cache, with no Python value that changes between
+the per-image noise keys) and a static KV cache, with no Python value that changes between
 steps. On CUDA that step is captured once as a CUDA graph and replayed 575 times: one
 launch per step instead of hundreds, and no host sync in the loop. Where capture fails the
 same function runs eagerly, so both paths compute the same tokens. The host stays at most
@@ -60,11 +60,11 @@ class TokenLoop:
     `fixed_shapes` (default: on CUDA) keeps every step's shapes identical, as CUDA graphs need;
     without it attention covers only the filled part of the cache."""
 
-    def __init__(self, model, ids: torch.Tensor, mask: torch.Tensor, *, uniforms: torch.Tensor, cfg_scale: float,
+    def __init__(self, model, ids: torch.Tensor, mask: torch.Tensor, *, keys: torch.Tensor, cfg_scale: float,
                  temperature: float, top_k: int | None, top_p: float | None, num_tokens: int,
                  fixed_shapes: bool | None = None) -> None:
         self.model = model
-        self.num_images = uniforms.shape[0]
+        self.num_images = keys.shape[0]
         self.rows, self.length = ids.shape
         self.cfg_scale = cfg_scale
         self.sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p}
@@ -79,7 +79,7 @@ class TokenLoop:
         else:
             self.cache = Cache(layers=[_FilledSlots(max_cache_len=max_len) for _ in range(config.num_hidden_layers)])
         self.filled = self.length  # cache slots in use, tracked on the host for the eager path
-        self.uniforms = uniforms
+        self.keys = keys  # (images,) int64: each image's sampling noise key (see sampling.py)
         self.tokens = torch.zeros((self.num_images, num_tokens), dtype=torch.long, device=device)
         self.step = torch.zeros(1, dtype=torch.long, device=device)  # index of the token being picked
         self.slot_base = torch.full((1,), self.length, dtype=torch.long, device=device)
@@ -97,8 +97,7 @@ class TokenLoop:
         if self.rows > n:  # conditional rows first, unconditional rows after
             cond, uncond = logits[:n], logits[n:]
             logits = uncond + (cond - uncond) * self.cfg_scale
-        uniforms = self.uniforms.index_select(1, self.step).squeeze(1)
-        picked = choose_tokens(logits, uniforms, **self.sampling)
+        picked = choose_tokens(logits, self.keys, self.step, **self.sampling)
         self.tokens.index_copy_(1, self.step, picked.unsqueeze(1))
         next_embeds = self.model.prepare_embeddings_for_image_generation(picked.repeat(self.rows // n).unsqueeze(-1))
         if self.embeds is None:

@@ -33,21 +33,12 @@ def engine():
 
 @pytest.fixture(scope="session")
 def lively_engine():
-    """tiny-random with its LLM, aligner and head weights scaled 8x: its greedy image tokens
-    wander over hundreds of codes (the plain tiny model repeats a handful), so equality with a
-    reference decoder is evidence, not a coincidence of flat logits."""
-    import torch
-
+    """The `lively` preset: tiny-random with its LLM, aligner and head weights scaled 8x. Its
+    greedy image tokens wander over hundreds of codes (the plain tiny model repeats a handful),
+    so equality with a reference decoder is evidence, not a coincidence of flat logits."""
     from janus_demo import load_engine
 
-    engine = load_engine("tiny-random", device="cpu")
-    inner = engine.model.model
-    with torch.no_grad():
-        for part in (inner.language_model.layers, inner.generation_aligner, inner.generation_head):
-            for weight in part.parameters():
-                if weight.dim() > 1:
-                    weight.mul_(8)
-    return engine
+    return load_engine("random:lively", device="cpu")
 
 
 @pytest.fixture(scope="session")
