@@ -28,9 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from janus_demo import load_engine  # noqa: E402
 from janus_demo.generation import ImageRequest, Slice  # noqa: E402
 
-PROMPT = "A watercolor fox curled up in fresh snow"
-SAME_LENGTH = "A watercolor cat curled up in fresh snow"  # the same number of tokens as PROMPT
-OTHER_LENGTH = "A lighthouse"
+PROMPT = "a red fox in the snow"
+SAME_LENGTH = "a red fox in the sun"  # the same number of tokens as PROMPT (checked below)
+OTHER_LENGTH = "two boats on a calm lake at night, oil painting"
 SEED = 1000
 MOST = 16
 BATCHES = (2, 3, 4, 8, 16)
