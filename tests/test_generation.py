@@ -8,19 +8,21 @@ import weakref
 
 import pytest
 import torch
-from transformers import Cache, DynamicCache
+from transformers import Cache, DynamicCache, StaticCache
 
 from janus_demo import Cancelled, GenerationResult, ImageRequest, InputError
 from janus_demo.generation import PreviewBudget
 from janus_demo.images import read_png_params
+from janus_demo.token_loop import CACHE_KWARG
 
 
 def reference_prompt_inputs(engine, prompt: str):
-    """Inputs the way transformers' docs build them for image generation."""
+    """Inputs the way transformers' docs build them for image generation (the text as a batch of
+    one: before 5.22 the Janus processor split a plain string into one row per character)."""
     processor = engine.processor
     conversation = [{"role": "user", "content": [{"type": "text", "text": prompt}]}]
     text = processor.apply_chat_template(conversation, add_generation_prompt=True)
-    return processor(text=text, generation_mode="image", return_tensors="pt")
+    return processor(text=[text], generation_mode="image", return_tensors="pt")
 
 
 @pytest.mark.parametrize(
@@ -30,13 +32,16 @@ def reference_prompt_inputs(engine, prompt: str):
 def test_greedy_tokens_equal_transformers_generate(lively_engine, prompt, num_images, cfg_scale):
     engine = lively_engine
     inputs = reference_prompt_inputs(engine, prompt)
-    # generate() refuses greedy with num_return_sequences > 1, so repeat the prompt instead.
+    # generate() refuses greedy with num_return_sequences > 1, so repeat the prompt instead. Its own
+    # static cache, handed over: 5.17's generate fails building it (an upstream bug, fixed in 5.18).
     expected = engine.model.generate(
         input_ids=inputs.input_ids.repeat(num_images, 1),
         attention_mask=inputs.attention_mask.repeat(num_images, 1),
         generation_mode="image",
         do_sample=False,
         guidance_scale=cfg_scale,
+        **{CACHE_KWARG: StaticCache(config=engine.model.config.get_text_config(decoder=True),
+                                    max_cache_len=inputs.input_ids.shape[1] + 576)},
     )
     result = engine.generate_images(prompt, num_images=num_images, cfg_scale=cfg_scale, temperature=0, seed=0)
     assert result.tokens.shape == (num_images, 576)
@@ -68,7 +73,7 @@ def original_algorithm_picks(model, prompt_ids, tokens, *, pad_id, cfg_scale, te
     margins = torch.zeros((num_images, 576))
     cache = DynamicCache(config=model.config.text_config)
     for step in range(576):
-        hidden = model.model.language_model(inputs_embeds=embeds, cache=cache, use_cache=True).last_hidden_state
+        hidden = model.model.language_model(inputs_embeds=embeds, use_cache=True, **{CACHE_KWARG: cache}).last_hidden_state
         logits = model.model.generation_head(hidden[:, -1, :])
         if cfg_scale is not None:
             cond, uncond = logits[0::2], logits[1::2]
