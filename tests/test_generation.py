@@ -50,6 +50,15 @@ def test_greedy_tokens_equal_transformers_generate(lively_engine, prompt, num_im
     assert len(set(result.tokens[0].tolist())) > 150, "varied tokens: an equality that proves something"
 
 
+def test_the_image_prompt_is_the_original_one(engine):
+    """DeepSeek's image prompt, token for token (on transformers < 5.22 a plain string given to the
+    processor became one row per character, and row 0 was BOS, '<' and <begin_of_image>)."""
+    ids = engine.generator.prompt_ids("a red cat")
+    expected = "<｜begin▁of▁sentence｜><|User|>: a red cat\n\n<|Assistant|>:<begin_of_image>"
+    assert engine.processor.tokenizer.decode(ids) == expected
+    assert ids.tolist() == engine.processor.tokenizer(expected[len("<｜begin▁of▁sentence｜>"):]).input_ids
+
+
 def original_algorithm_picks(model, prompt_ids, tokens, *, pad_id, cfg_scale, temperature, seed):
     """DeepSeek's generation script, transcribed: interleaved cond/uncond rows, a dynamic KV
     cache, softmax(logits / T). Only the draw differs from torch.multinomial: image i takes
