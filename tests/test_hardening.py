@@ -321,9 +321,9 @@ def test_a_cancelled_job_stops_promptly(monkeypatch, serve, step_counter):
     from janus_demo import gpu_tasks
 
     with serve() as (_, client):
-        steps = step_counter(gpu_tasks.current(), signal_at=20, step_s=STOP_STEP_S)
+        steps = step_counter(gpu_tasks.current(), signal_at=23, step_s=STOP_STEP_S)
         job = client.submit(**{**GENERATE, "num_images": 16}, api_name="/generate")
-        assert steps.reached.wait(timeout=300), "the job never reached step 20"
+        assert steps.reached.wait(timeout=300), "the job never reached step 23"
         at_cancel = steps.count
         job.cancel()  # from the model's own progress, not after a sleep
         steps.wait_until_idle("janus-draw")
