@@ -165,11 +165,12 @@ def test_a_stop_during_the_shared_final_decode_stops_that_request_before_its_nex
         return original(tokens)
 
     monkeypatch.setattr(engine.model, "decode_image_tokens", decode_then_stop)
-    requests = [ImageRequest("a cat", num_images=8, seed=1), ImageRequest("a dog", num_images=1, seed=2)]
+    requests = [ImageRequest("a cat", num_images=5, seed=1, cfg_scale=1), ImageRequest("a dog", num_images=1, seed=2,
+                                                                                      cfg_scale=1)]
     events, errors = run_together(shared, requests, cancel={0: stop})
     assert len(shared.loops) == 1 and len(shared.loops[0]) == 2  # decoded together
     assert isinstance(errors[0], Cancelled)
-    assert calls == [4, 1], "the first user's second batch of 4 was not decoded; the second user's image was"
+    assert calls == [4, 1], "the first user's second batch was not decoded; the second user's image was"
     assert errors[1] is None and len(events[1][-1].images) == 1
 
 
