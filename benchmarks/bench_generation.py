@@ -116,7 +116,7 @@ def run_transformers(engine, request: ImageRequest) -> dict:
     model, processor = engine.model, engine.processor
     conversation = [{"role": "user", "content": [{"type": "text", "text": request.prompt}]}]
     text = processor.apply_chat_template(conversation, add_generation_prompt=True)
-    inputs = processor(text=text, generation_mode="image", return_tensors="pt").to(model.device)
+    inputs = processor(text=[text], generation_mode="image", return_tensors="pt").to(model.device)
     n = request.num_images
     started = time.perf_counter()
     torch.manual_seed(request.seed)

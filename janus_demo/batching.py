@@ -22,7 +22,7 @@ from queue import Empty, Queue
 from threading import Event, Lock, Thread
 
 from .cancellation import CancelCheck, as_cancel_check
-from .errors import Cancelled, OutOfMemory
+from .errors import Cancelled
 from .generation import GenerationResult, ImageGenerator, ImageRequest, PreviewBudget, Progress, Slice
 from .memory import is_out_of_memory, release_memory
 
@@ -38,6 +38,7 @@ class _Job:
     preview_budget: float
     events: Queue = field(default_factory=Queue)
     gone: Event = field(default_factory=Event)  # the consumer stopped listening
+    served: bool = False  # its result (or its cancellation) has been handed over
 
     def stopped(self) -> bool:
         return self.gone.is_set() or self.is_cancelled()
@@ -152,7 +153,13 @@ class SharedDecoder:
             if not is_out_of_memory(exc):
                 raise
         release_memory(self.generator.device)  # outside the handler: the traceback no longer pins tensors
-        raise OutOfMemory("Ran out of memory drawing for several people at once; try again, or ask for fewer images.")
+        # Redrawn in halves (one request alone halves its own images): per-image seeds keep the images.
+        logger.warning("out of memory decoding %d requests together; going on in halves", len(cohort))
+        half = len(cohort) // 2
+        for part in (cohort[:half], cohort[half:]):
+            waiting = [job for job in part if not job.served and not job.stopped()]
+            if waiting:
+                self._serve(waiting)
 
     def _decode_together(self, cohort: list[_Job], slices: list[Slice]) -> None:
         budget = PreviewBudget(min(job.preview_budget for job in cohort))
@@ -166,7 +173,13 @@ class SharedDecoder:
                 elif not job.stopped():
                     job.events.put(Progress(done, self.generator.num_tokens, previews and previews[index]))
         for job, part in zip(cohort, slices):
-            if not job.stopped():
-                images = self.generator.decode(part.tokens)
+            if job.stopped():
+                continue
+            try:  # cancellable between decode batches, one image at a time if memory runs short
+                images = self.generator.decode(part.tokens, is_cancelled=job.stopped)
+            except Cancelled as stopped:
+                job.events.put(stopped)
+            else:
                 job.events.put(GenerationResult(images=images, tokens=part.tokens.cpu(), seed=job.request.seed,
                                                 params=self.generator.params(job.request, job.request.seed)))
+            job.served = True

@@ -172,7 +172,8 @@ class ImageGenerator:
         """`<|User|>: {prompt}\\n\\n<|Assistant|>:<begin_of_image>` as ids, BOS first."""
         conversation = [{"role": "user", "content": [{"type": "text", "text": neutralize(prompt, self.control_tokens)}]}]
         text = self.processor.apply_chat_template(conversation, add_generation_prompt=True)
-        return self.processor(text=text, generation_mode="image", return_tensors="pt").input_ids[0]
+        # A list: before transformers 5.22 the Janus processor iterated a plain string character by character.
+        return self.processor(text=[text], generation_mode="image", return_tensors="pt").input_ids[0]
 
     def unconditional_ids(self, cond: torch.Tensor, negative_prompt: str | None) -> torch.Tensor:
         if negative_prompt and negative_prompt.strip():

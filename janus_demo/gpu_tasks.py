@@ -26,6 +26,7 @@ IMAGE_BASE_SECONDS = 20
 IMAGE_SECONDS_PER_IMAGE = 4
 ANSWER_BASE_SECONDS = 10
 ANSWER_SECONDS_PER_TOKEN = 0.05
+ANSWER_SECONDS_PER_IMAGE = 3  # the vision encoder, and 576 more prompt tokens to prefill
 MAX_SECONDS = 300
 ZEROGPU_MARGIN_S = 3  # on ZeroGPU, stop this long before the lease ends, to say why ourselves
 BEAT_S = 0.1  # results reach the web server this often; a Stop or a closed tab reaches the model as fast
@@ -58,8 +59,15 @@ def image_seconds(request: ImageRequest, time_limit_s: float) -> int:
     return int(min(MAX_SECONDS, time_limit_s, estimate))
 
 
+def image_parts(messages: list) -> int:
+    """How many images the conversation holds (transformers chat format, text-only content as a string)."""
+    return sum(1 for message in messages if not isinstance(message["content"], str)
+               for part in message["content"] if part.get("type") == "image")
+
+
 def answer_seconds(messages: list, settings: ChatSettings, time_limit_s: float) -> int:
-    estimate = ANSWER_BASE_SECONDS + ANSWER_SECONDS_PER_TOKEN * settings.max_new_tokens
+    estimate = (ANSWER_BASE_SECONDS + ANSWER_SECONDS_PER_TOKEN * settings.max_new_tokens
+                + ANSWER_SECONDS_PER_IMAGE * image_parts(messages))
     return int(min(MAX_SECONDS, time_limit_s, estimate))
 
 

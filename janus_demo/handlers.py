@@ -168,11 +168,13 @@ def draw(prompt, negative_prompt, num_images, cfg_scale, temperature, seed, rand
 
 
 def stopped(status: str | None):
-    """The status line after Stop: where drawing stopped (a run that had finished stays "Done")."""
+    """The status line after Stop (a run that had finished stays "Done"). It names the last step
+    the page showed: the status is refreshed every UPDATE_EVERY_S, so the model may have gone a
+    step or two further before the Stop reached it, and those steps are discarded anyway."""
     if status and status.startswith("Done"):
         return gr.skip()
     if status and status.startswith("Step "):
-        return f"Stopped at {status.split(' · ')[0].lower()}."
+        return f"Stopped; the last step shown was {status.split(' · ')[0].removeprefix('Step ')}."
     return "Stopped."
 
 

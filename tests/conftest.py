@@ -124,7 +124,8 @@ def serve():
         demo = app.create_app(args)
         demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True,
                     max_file_size=args.max_file_size)
-        client = Client(demo.local_url, verbose=False)
+        # A long HTTP timeout: on a loaded machine a /cancel (which waits for the model to stop) can take seconds.
+        client = Client(demo.local_url, verbose=False, httpx_kwargs={"timeout": 120})
         try:
             yield demo, client
         finally:
@@ -157,3 +158,48 @@ def cli():
         )
 
     return run
+
+
+# The README's Stop bound, in steps: the server hears of a Stop within one heartbeat (0.1 s), the
+# step under way finishes and no other begins; with steps slowed to STOP_STEP_S, at most
+# STEPS_AFTER_STOP steps may begin after the click (one more leaves room for the click's trip).
+STOP_STEP_S = 0.3
+STEPS_AFTER_STOP = 2
+
+
+class StepCounter:
+    """Counts the language model's calls of `engine` (one per decoding step), makes each last at
+    least `step_s`, and sets `reached` at call `signal_at`: tests press Stop from that event, not
+    after a sleep, and count in steps how far the model went on."""
+
+    def __init__(self, engine, monkeypatch, *, signal_at: int, step_s: float = 0.0) -> None:
+        import threading
+
+        language_model = engine.model.model.language_model
+        original = language_model.forward
+        self.count = 0
+        self.reached = threading.Event()
+
+        def counted(*args, **kwargs):
+            self.count += 1
+            if self.count == signal_at:
+                self.reached.set()
+            time.sleep(step_s)
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(language_model, "forward", counted)
+
+    def wait_until_idle(self, thread_name: str, within: float = 30.0) -> None:
+        """Wait until no thread named `thread_name` (the model's worker) is left, at most `within` s."""
+        import threading
+
+        deadline = time.monotonic() + within
+        while any(t.name == thread_name for t in threading.enumerate()):
+            assert time.monotonic() < deadline, f"{thread_name} still running after {within} s"
+            time.sleep(0.05)
+
+
+@pytest.fixture
+def step_counter(monkeypatch):
+    """`step_counter(engine, signal_at=N, step_s=S)`: a StepCounter on that engine's model."""
+    return lambda engine, **kwargs: StepCounter(engine, monkeypatch, **kwargs)

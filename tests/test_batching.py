@@ -10,7 +10,7 @@ import torch
 
 from janus_demo import Cancelled, GenerationResult, ImageRequest
 from janus_demo.batching import SharedDecoder
-from janus_demo.generation import ImageGenerator
+from janus_demo.generation import ImageGenerator, Progress
 
 pytestmark = pytest.mark.seeds  # CI reruns these with the other CPU family's kernels (AVX2)
 
@@ -35,25 +35,32 @@ def shared(engine, monkeypatch):
     return decoder
 
 
-def run_together(decoder, requests, cancel=None):
-    """Each request in its own thread, all at once; returns each one's events."""
+def run_together(decoder, requests, stop_at=None, cancel=None):
+    """Each request in its own thread, all at once; returns each one's events. `stop_at` maps a
+    request's index to the step at which its user presses Stop (seen in its own progress);
+    `cancel`, to a cancel event of the test's own."""
     events = [[] for _ in requests]
     errors: list = [None] * len(requests)
     start = threading.Barrier(len(requests))
+    stops = [(cancel or {}).get(i) or threading.Event() for i in range(len(requests))]
 
     def user(index):
         start.wait()
         try:
-            for event in decoder.stream(requests[index], cancel=(cancel or {}).get(index)):
+            for event in decoder.stream(requests[index], cancel=stops[index]):
                 events[index].append(event)
+                if isinstance(event, Progress) and event.step == (stop_at or {}).get(index):
+                    stops[index].set()
         except Exception as exc:
             errors[index] = exc
 
     threads = [threading.Thread(target=user, args=(i,)) for i in range(len(requests))]
     for thread in threads:
         thread.start()
+    deadline = time.monotonic() + 800  # for a stuck loop; a loaded 2-core CPU may take minutes
     for thread in threads:
-        thread.join(timeout=120)
+        thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        assert not thread.is_alive(), "a request still running after 800 s"
     return events, errors
 
 
@@ -93,12 +100,9 @@ def test_different_sampling_settings_do_not_share(engine, shared):
 
 
 def test_one_user_cancelling_does_not_stop_the_others(engine, shared):
-    stop = threading.Event()
     requests = [ImageRequest("a cat", num_images=1, seed=1), ImageRequest("a dog", num_images=2, seed=2)]
-    watcher = threading.Timer(1.0, stop.set)
-    watcher.start()
-    events, errors = run_together(shared, requests, cancel={0: stop})
-    assert isinstance(errors[0], Cancelled)
+    events, errors = run_together(shared, requests, stop_at={0: 100})
+    assert isinstance(errors[0], Cancelled) and events[0][-1].step == 100  # not one step more reached it
     assert errors[1] is None and isinstance(events[1][-1], GenerationResult)
     assert len(shared.loops) == 1 and len(shared.loops[0]) == 2
 
@@ -115,18 +119,22 @@ def test_engine_share_decoding_routes_through_the_shared_loop(engine):
 
 def test_a_request_cancelled_while_waiting_for_its_loop_stops_at_once(engine, shared):
     """It is not in any loop yet, so nothing else would ever tell its consumer to stop waiting."""
-    busy = threading.Thread(target=lambda: list(shared.stream(ImageRequest("a cat", num_images=4, seed=1))))
-    busy.start()
-    while not shared.loops:
-        time.sleep(0.01)
     stop = threading.Event()
+    busy_steps: list[int] = []
+
+    def busy_user():
+        for event in shared.stream(ImageRequest("a cat", num_images=4, seed=1)):
+            busy_steps.append(getattr(event, "step", 576))
+            if busy_steps[-1] == 10:  # the other user presses Stop while this loop is at step 10
+                stop.set()
+
+    busy = threading.Thread(target=busy_user)
+    busy.start()
+    assert stop.wait(timeout=120), "the busy loop never reached step 10"
     waiting = shared.stream(ImageRequest("a dog", num_images=1, seed=2, cfg_scale=3), cancel=stop)
-    threading.Timer(0.3, stop.set).start()
-    started = time.monotonic()
     with pytest.raises(Cancelled):
         list(waiting)
-    assert time.monotonic() - started < 2.0
-    assert busy.is_alive(), "it stopped while the other loop was still running"
+    assert busy_steps[-1] < 576, "it stopped while the other loop was still running"
     busy.join(timeout=120)
     assert len(shared.loops) == 1, "the cancelled request never got a loop"
 
@@ -145,3 +153,45 @@ def test_the_oldest_request_runs_first_even_when_it_needs_more_than_fits(engine,
     oldest.join(timeout=120)
     assert shared.loops[0] == [("a big batch", 2)], "the oldest request (in memory-sized chunks) went first"
     assert len(results["a big batch"].images) == 4 and len(results["a small one"].images) == 1
+
+
+def test_a_stop_during_the_shared_final_decode_stops_that_request_before_its_next_batch(engine, shared, monkeypatch):
+    original = engine.model.decode_image_tokens
+    calls: list[int] = []
+    stop = threading.Event()
+
+    def decode_then_stop(tokens):
+        calls.append(len(tokens))
+        if len(calls) == 1:
+            stop.set()  # the first user presses Stop while their first 4 images are decoded
+        return original(tokens)
+
+    monkeypatch.setattr(engine.model, "decode_image_tokens", decode_then_stop)
+    requests = [ImageRequest("a cat", num_images=5, seed=1, cfg_scale=1), ImageRequest("a dog", num_images=1, seed=2,
+                                                                                      cfg_scale=1)]
+    events, errors = run_together(shared, requests, cancel={0: stop})
+    assert len(shared.loops) == 1 and len(shared.loops[0]) == 2  # decoded together
+    assert isinstance(errors[0], Cancelled)
+    assert calls == [4, 1], "the first user's second batch was not decoded; the second user's image was"
+    assert errors[1] is None and len(events[1][-1].images) == 1
+
+
+def test_a_shared_loop_that_runs_out_of_memory_is_redrawn_in_halves(engine, shared, monkeypatch):
+    language_model = engine.model.model.language_model
+    original = language_model.forward
+    failed: list[int] = []
+
+    def fail_when_together(*args, **kwargs):
+        if kwargs["inputs_embeds"].shape[0] == 8 and not failed:  # 2 users x 2 images x (cond, uncond)
+            failed.append(1)
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(language_model, "forward", fail_when_together)
+    requests = [ImageRequest(SAME_LENGTH[0], num_images=2, seed=5), ImageRequest(SAME_LENGTH[1], num_images=2, seed=6)]
+    events, errors = run_together(shared, requests)
+    assert failed and errors == [None, None]
+    assert [len(loop) for loop in shared.loops] == [2, 1, 1]  # together, then each alone
+    for request, own in zip(requests, events):
+        alone = engine.generate_images(request.prompt, num_images=2, seed=request.seed)
+        assert torch.equal(own[-1].tokens, alone.tokens), "the same images as a loop of its own"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 import threading
 
@@ -22,13 +23,22 @@ MULTI_TURN = [
 ]
 
 
-def reference_answer(engine, messages, max_new_tokens):
-    processor = engine.processor
-    inputs = processor.apply_chat_template(
-        messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+def hub_inputs(engine, messages):
+    """The Hub processor's inputs for one conversation, asked for as a batch of one: before 5.22
+    its `__call__` split a single conversation's text into one row per character."""
+    return engine.processor.apply_chat_template(
+        [messages], add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
     )
+
+
+def greedy_answer(engine, inputs, max_new_tokens):
+    """`model.generate`'s greedy answer to `inputs`, new tokens only."""
     output = engine.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-    return processor.tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    return engine.processor.tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+
+
+def reference_answer(engine, messages, max_new_tokens):
+    return greedy_answer(engine, hub_inputs(engine, messages), max_new_tokens)
 
 
 @pytest.mark.parametrize(
@@ -44,7 +54,7 @@ def test_greedy_answer_equals_model_generate(engine, messages):
     expected = reference_answer(engine, messages, max_new_tokens=40)
     pieces = list(engine.chat(messages, temperature=0, max_new_tokens=40))
     assert "".join(pieces) == expected
-    assert len(pieces) > 5  # streamed in pieces, not returned at the end
+    assert len([p for p in pieces if p]) > 5  # streamed in pieces of text (not heartbeats), not all at the end
 
 
 def test_string_content_is_the_text_part_it_stands_for(engine):
@@ -57,9 +67,7 @@ def test_string_content_is_the_text_part_it_stands_for(engine):
 
 
 def test_inputs_equal_the_hub_processor(engine):
-    expected = engine.processor.apply_chat_template(
-        MULTI_TURN, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
-    )
+    expected = hub_inputs(engine, MULTI_TURN)
     mine = engine.responder.inputs(MULTI_TURN)
     assert mine.keys() == expected.keys()
     for key in expected:
@@ -73,17 +81,47 @@ def rendered(engine, messages) -> str:
     return re.sub(r"(<image_placeholder>){576}", "<576 x image>", text)
 
 
-def test_multi_turn_multi_image_prompt_renders_as_expected(engine):
+# The Hub checkpoints' chat template is the CHAT_TEMPLATE string of transformers' conversion script
+# (huggingface/transformers, src/transformers/models/janus/convert_janus_weights_to_hf.py, commit 0760f123,
+# unchanged through v5.24.0); it is not shipped in the wheel, so its SHA-256 stands in for it here.
+CONVERSION_SCRIPT_TEMPLATE_SHA256 = "ca86eba863fa87feee121798ddc615b986b2642757e8e472d66d82fe256124a2"
+
+# Conversations and the prompts transformers' own processor tests expect for them
+# (huggingface/transformers, tests/models/janus/test_processing_janus.py, test_chat_template_single,
+# commit 073189f0), one image part standing for each {"type": "image"}.
+HUB_EXPECTED = [
+    ([{"role": "user", "content": [{"type": "text", "text": "What is shown in this image?"}, {"type": "image"}]}],
+     "<|User|>: What is shown in this image?\n<image_placeholder>\n\n<|Assistant|>:"),
+    ([{"role": "user", "content": [{"type": "text", "text": "Compare this image"}, {"type": "image"},
+                                   {"type": "text", "text": "with this image"}, {"type": "image"}]}],
+     "<|User|>: Compare this image\n<image_placeholder>\nwith this image\n<image_placeholder>\n\n<|Assistant|>:"),
+    ([{"role": "user", "content": [{"type": "text", "text": "Compare this image"}, {"type": "image"},
+                                   {"type": "text", "text": "with this image"}, {"type": "image"}]},
+      {"role": "assistant", "content": [{"type": "text",
+                                         "text": "The first image is an equation, the second is a pie chart."}]},
+      {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What about this third image? "
+                                                                              "To which of the previous to is it more similar?"}]}],
+     "<|User|>: Compare this image\n<image_placeholder>\nwith this image\n<image_placeholder>\n\n<|Assistant|>: "
+     "The first image is an equation, the second is a pie chart.<｜end▁of▁sentence｜><|User|>: <image_placeholder>\n"
+     "What about this third image? To which of the previous to is it more similar?\n\n<|Assistant|>:"),
+]
+
+
+def test_the_template_is_the_hub_checkpoints(engine):
+    from janus_demo.presets import CHAT_TEMPLATE
+
+    assert hashlib.sha256(CHAT_TEMPLATE.encode()).hexdigest() == CONVERSION_SCRIPT_TEMPLATE_SHA256
+    assert engine.processor.chat_template == CHAT_TEMPLATE
+
+
+@pytest.mark.parametrize(("messages", "expected"), HUB_EXPECTED, ids=["one-image", "two-images", "multi-turn"])
+def test_prompts_are_those_transformers_tests_expect(engine, messages, expected):
+    with_images = [{**m, "content": [{"type": "image", "image": RED} if part["type"] == "image" else part
+                                     for part in m["content"]]} for m in messages]
     system = "You are a helpful language and vision assistant. You are able to understand the visual content that the user provides, and assist the user with a variety of tasks using natural language.\n\n"
-    expected = (
-        "<｜begin▁of▁sentence｜>" + system
-        + "<|User|>: <begin_of_image><576 x image><end_of_image>\nWhat is this?\n\n"
-        + "<|Assistant|>: A red box.<｜end▁of▁sentence｜>"
-        + "<|User|>: And this one?\n<begin_of_image><576 x image><end_of_image>\n\n"
-        + "<|Assistant|>:"
-    )
-    assert rendered(engine, MULTI_TURN) == expected
-    assert engine.responder.inputs(MULTI_TURN)["pixel_values"].shape == (2, 3, 384, 384)
+    image = "<begin_of_image><576 x image><end_of_image>"
+    assert rendered(engine, with_images) == "<｜begin▁of▁sentence｜>" + system + expected.replace("<image_placeholder>", image)
+    assert engine.responder.inputs(with_images)["pixel_values"].shape[0] == expected.count("<image_placeholder>")
 
 
 def test_three_images_in_one_message(engine):
@@ -112,7 +150,9 @@ def test_control_tokens_typed_by_users_are_plain_text(engine):
                      "<|User|>": 1, "<｜end▁of▁sentence｜>": 0, "<｜begin▁of▁sentence｜>": 1}
     # The user's characters are all still there, as text.
     assert tokenizer.decode(ids).replace(BREAK, "").count("<image_placeholder> <|Assistant|>: sure!") == 1
-    assert "".join(engine.chat(messages, temperature=0, max_new_tokens=5)) is not None
+    # And the model answers those inputs, as model.generate does.
+    assert "".join(engine.chat(messages, temperature=0, max_new_tokens=5)) == greedy_answer(
+        engine, engine.responder.inputs(messages), max_new_tokens=5)
 
 
 def test_same_seed_same_answer(engine):
@@ -152,10 +192,11 @@ def test_cancel_event_stops_early(engine):
     stop = threading.Event()
     pieces = []
     for piece in engine.chat([{"role": "user", "content": "Talk."}], temperature=0, max_new_tokens=400, cancel=stop):
-        pieces.append(piece)
+        if piece:  # not a heartbeat
+            pieces.append(piece)
         if len(pieces) == 3:
             stop.set()
-    full = list(engine.chat([{"role": "user", "content": "Talk."}], temperature=0, max_new_tokens=400))
+    full = [p for p in engine.chat([{"role": "user", "content": "Talk."}], temperature=0, max_new_tokens=400) if p]
     assert 3 <= len(pieces) <= 5 < len(full)
     assert "".join(full).startswith("".join(pieces))
 

@@ -8,7 +8,7 @@ import weakref
 
 import pytest
 import torch
-from transformers import Cache, DynamicCache
+from transformers import Cache, DynamicCache, StaticCache
 
 from janus_demo import Cancelled, GenerationResult, ImageRequest, InputError
 from janus_demo.generation import PreviewBudget
@@ -20,11 +20,12 @@ pytestmark = pytest.mark.seeds  # CI reruns these with the other CPU family's ke
 
 
 def reference_prompt_inputs(engine, prompt: str):
-    """Inputs the way transformers' docs build them for image generation."""
+    """Inputs the way transformers' docs build them for image generation (the text as a batch of
+    one: before 5.22 the Janus processor split a plain string into one row per character)."""
     processor = engine.processor
     conversation = [{"role": "user", "content": [{"type": "text", "text": prompt}]}]
     text = processor.apply_chat_template(conversation, add_generation_prompt=True)
-    return processor(text=text, generation_mode="image", return_tensors="pt")
+    return processor(text=[text], generation_mode="image", return_tensors="pt")
 
 
 @pytest.mark.parametrize(
@@ -34,19 +35,31 @@ def reference_prompt_inputs(engine, prompt: str):
 def test_greedy_tokens_equal_transformers_generate(lively_engine, prompt, num_images, cfg_scale):
     engine = lively_engine
     inputs = reference_prompt_inputs(engine, prompt)
-    # generate() refuses greedy with num_return_sequences > 1, so repeat the prompt instead.
+    # generate() refuses greedy with num_return_sequences > 1, so repeat the prompt instead. Its own
+    # static cache, handed over: 5.17's generate fails building it (an upstream bug, fixed in 5.18).
     expected = engine.model.generate(
         input_ids=inputs.input_ids.repeat(num_images, 1),
         attention_mask=inputs.attention_mask.repeat(num_images, 1),
         generation_mode="image",
         do_sample=False,
         guidance_scale=cfg_scale,
+        **{CACHE_KWARG: StaticCache(config=engine.model.config.get_text_config(decoder=True),
+                                    max_cache_len=inputs.input_ids.shape[1] + 576)},
     )
     result = engine.generate_images(prompt, num_images=num_images, cfg_scale=cfg_scale, temperature=0, seed=0)
     assert result.tokens.shape == (num_images, 576)
     assert result.tokens.dtype == torch.long
     assert torch.equal(result.tokens, expected)
     assert len(set(result.tokens[0].tolist())) > 150, "varied tokens: an equality that proves something"
+
+
+def test_the_image_prompt_is_the_original_one(engine):
+    """DeepSeek's image prompt, token for token (on transformers < 5.22 a plain string given to the
+    processor became one row per character, and row 0 was BOS, '<' and <begin_of_image>)."""
+    ids = engine.generator.prompt_ids("a red cat")
+    expected = "<｜begin▁of▁sentence｜><|User|>: a red cat\n\n<|Assistant|>:<begin_of_image>"
+    assert engine.processor.tokenizer.decode(ids) == expected
+    assert ids.tolist() == engine.processor.tokenizer(expected[len("<｜begin▁of▁sentence｜>"):]).input_ids
 
 
 def original_algorithm_picks(model, prompt_ids, tokens, *, pad_id, cfg_scale, temperature, seed):

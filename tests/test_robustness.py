@@ -115,7 +115,7 @@ def test_answers_stop_at_the_time_limit(engine):
     with pytest.raises(TimedOut, match="cut short"):
         for piece in gpu_tasks.answer([{"role": "user", "content": "Talk."}], ChatSettings(0, max_new_tokens=2048), 0.2):
             pieces.append(piece)
-    assert pieces  # what was said before the limit reached the user
+    assert any(pieces), "what was said before the limit reached the user (heartbeats are empty)"
 
 
 def test_image_prompts_cannot_inject_control_tokens(engine):

@@ -32,6 +32,13 @@ def test_gpu_durations_follow_the_request():
     short, long = ChatSettings(max_new_tokens=32), ChatSettings(max_new_tokens=1024)
     assert 0 < gpu_tasks.answer_seconds([], short, 900) < gpu_tasks.answer_seconds([], long, 900)
     assert gpu_tasks.answer_seconds([], long, 900) <= gpu_tasks.MAX_SECONDS
+    # ... and the images in the conversation, wherever they are (each one costs encoding and prefill).
+    image = {"type": "image", "image": None}
+    text_only = [{"role": "user", "content": "Hi"}]
+    two_images = [{"role": "user", "content": [image, {"type": "text", "text": "Hi"}]},
+                  {"role": "assistant", "content": "Hello"}, {"role": "user", "content": [image]}]
+    assert gpu_tasks.answer_seconds(two_images, short, 900) - gpu_tasks.answer_seconds(text_only, short, 900) == (
+        2 * gpu_tasks.ANSWER_SECONDS_PER_IMAGE)
 
 
 def test_gpu_functions_take_and_give_only_picklable_values(engine):
