@@ -44,9 +44,13 @@ def free_bytes(device: torch.device) -> int:
     """Memory a new request may use: free GPU memory plus what PyTorch has cached but not in
     use; on the CPU, the kernel's MemAvailable."""
     if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
+        free, total = torch.cuda.mem_get_info(device)
         stats = torch.cuda.memory_stats(device)
-        return free + stats.get("reserved_bytes.all.current", 0) - stats.get("allocated_bytes.all.current", 0)
+        reserved = stats.get("reserved_bytes.all.current", 0)
+        # A per-process cap (set_per_process_memory_fraction: a shared GPU, a simulated smaller card)
+        fraction = getattr(torch.cuda, "get_per_process_memory_fraction", lambda device: 1.0)(device)
+        free = min(free, int(fraction * total) - reserved)
+        return free + reserved - stats.get("allocated_bytes.all.current", 0)
     with open("/proc/meminfo") as meminfo:
         for line in meminfo:
             if line.startswith("MemAvailable:"):
