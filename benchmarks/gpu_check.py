@@ -60,7 +60,7 @@ class Plan:
     budget_s: float
 
 
-GPU = Plan("cuda", "bf16", ("janus-pro-7b", "janus-pro-1b"), (1, 4, 16), (24, 16, 12), 16, 64, 450)
+GPU = Plan("cuda", "bf16", ("janus-pro-7b", "janus-pro-1b"), (1, 4, 16), (24, 16, 12), 16, 64, 420)
 DRY = Plan("cpu", "fp32", ("tiny",), (1,), (12,), 2, 4, 900)
 
 
@@ -69,6 +69,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--dry-run", action="store_true", help="the same code on the CPU, tiny preset, 1 image")
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default $OUT/gpu_check.json or ./gpu_check.json)")
     parser.add_argument("--budget-s", type=float, default=None, help="start no run after this many seconds")
+    parser.add_argument("--models", nargs="+", default=None, help="a subset of the presets, for a rerun")
     return parser.parse_args(argv)
 
 
@@ -292,32 +293,27 @@ def versions() -> dict:
     return found
 
 
-def check(plan: Plan, budget: Budget, figures: dict, write) -> None:
-    """Both models loaded side by side (so the first one's figures come first in every section);
-    the simulated cards and nf4 last, on the first model alone (a cap counts every tensor)."""
-    engines = {}
-    for name in plan.models:
-        print(f"[{budget.elapsed():.0f} s] loading random:{name}", flush=True)
-        started = time.perf_counter()
-        engines[name] = load_engine(f"random:{name}", device=plan.device, dtype=plan.dtype)
-        figures["models"][name] = {"load_s": round(time.perf_counter() - started, 1),
-                                   "graphs_on_after_probe": plan.device == "cuda" and not token_loop.graphs_broken()}
-    sections = {"speed": lambda engine: speed(engine, plan, budget), "greedy": lambda engine: greedy(engine, budget),
-                "chat": lambda engine: chat(engine, plan, budget)}
-    for key, measure in sections.items():
-        for name, engine in engines.items():
-            print(f"[{budget.elapsed():.0f} s] {name}: {key}", flush=True)
-            figures["models"][name][key] = measure(engine)
-            write()
-    first = plan.models[0]
-    engine = engines.pop(first)
-    engines.clear()
-    release_memory(engine.device)
-    for key, measure in (("cards_bf16", cards), ("nf4", nf4)):
-        print(f"[{budget.elapsed():.0f} s] {first}: {key}", flush=True)
-        figures["models"][first][key] = measure(engine, plan, budget)
+def check(name: str, plan: Plan, budget: Budget, figures: dict, write, big: bool) -> None:
+    """One model's sections; the first (big) one also goes on simulated cards, in bf16 then nf4.
+    One model at a time: a memory cap counts every tensor of the process."""
+    print(f"[{budget.elapsed():.0f} s] loading random:{name}", flush=True)
+    started = time.perf_counter()
+    engine = load_engine(f"random:{name}", device=plan.device, dtype=plan.dtype)
+    section = figures["models"][name] = {
+        "load_s": round(time.perf_counter() - started, 1),
+        "graphs_on_after_probe": plan.device == "cuda" and not token_loop.graphs_broken()}
+    work = {"speed": lambda: speed(engine, plan, budget), "greedy": lambda: greedy(engine, budget),
+            "chat": lambda: chat(engine, plan, budget)}
+    if big:
+        work.update(cards_bf16=lambda: cards(engine, plan, budget), nf4=lambda: nf4(engine, plan, budget))
+    for key, measure in work.items():
+        print(f"[{budget.elapsed():.0f} s] {name}: {key}", flush=True)
+        section[key] = measure()
         write()
-    figures["graphs_broken_at_end"] = token_loop.graphs_broken()
+    section["graphs_broken_at_end"] = token_loop.graphs_broken()
+    device = engine.device
+    del engine, work
+    release_memory(device)
 
 
 def print_table(figures: dict) -> None:
@@ -360,8 +356,9 @@ def main(argv=None) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(figures, indent=2, default=str))
 
-    check(plan, budget, figures, write)
-    write()
+    for name in args.models or plan.models:
+        check(name, plan, budget, figures, write, big=name == plan.models[0])
+        write()
     print_table(figures)
     print(f"figures written to {out}")
     return 0

@@ -11,7 +11,6 @@ bitsandbytes runs on a CPU too, but slowly: quantization is for GPUs (README, Pe
 from __future__ import annotations
 
 import logging
-import warnings
 
 import torch
 
@@ -34,6 +33,12 @@ NOT_QUANTIZED = {
 # Bytes per weight once quantized, with the scales: int8 keeps one fp32 scale per row, nf4 one
 # absmax per 64 weights (itself 8-bit with double quantization).
 BYTES_PER_WEIGHT = {"int8": 1.0, "nf4": 0.53}
+BLOCK = 64  # bitsandbytes' 4-bit block; its CPU kernels need each layer's inputs to be a multiple of it
+
+
+def _not_the_cast_notice(record: logging.LogRecord) -> bool:
+    """int8 layers take fp16 inputs; bitsandbytes logs so at every step otherwise."""
+    return "inputs will be cast" not in record.getMessage()
 
 
 def check_mode(quantize: str | None) -> str | None:
@@ -93,9 +98,14 @@ def quantize_language_model(model, mode: str, device: torch.device, compute_dtyp
     """Swap the language model's linear layers for bitsandbytes ones on `device`, one at a time
     (each is quantized as it moves, so the peak is one layer in full precision)."""
     config = bnb_config(mode, compute_dtype)
-    # int8 layers take fp16 inputs: bitsandbytes says so at every step otherwise.
-    warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast")
+    logging.getLogger("bitsandbytes.autograd._functions").addFilter(_not_the_cast_notice)
     linears = quantizable_linears(model)
+    if mode == "nf4" and device.type == "cpu":  # Janus-Pro's widths all are multiples; the `small` preset's 1376 is not
+        kept = [name for name, linear in linears if linear.in_features % BLOCK]
+        linears = [(name, linear) for name, linear in linears if not linear.in_features % BLOCK]
+        if kept:
+            logger.info("Kept %d layers in full precision: bitsandbytes' CPU 4-bit kernels need inputs in multiples "
+                        "of %d", len(kept), BLOCK)
     for name, linear in linears:
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name), child, _quantized_copy(linear, config).to(device))
