@@ -60,7 +60,7 @@ class Plan:
     budget_s: float
 
 
-GPU = Plan("cuda", "bf16", ("janus-pro-7b", "janus-pro-1b"), (1, 4, 16), (24, 16, 12), 16, 64, 420)
+GPU = Plan("cuda", "bf16", ("janus-pro-7b", "janus-pro-1b"), (1, 4, 16), (24, 16, 12), 16, 64, 400)
 DRY = Plan("cpu", "fp32", ("tiny",), (1,), (12,), 2, 4, 900)
 
 
@@ -318,17 +318,17 @@ def check(name: str, plan: Plan, budget: Budget, figures: dict, write, big: bool
 
 def print_table(figures: dict) -> None:
     print(f"\n{figures['machine']} · {figures['versions']}")
-    print(f"{'model':14}{'path':14}{'images':>7}{'s/image':>9}{'floor':>7}{'preview':>9}{'peak GiB':>10}  graph")
+    print(f"{'model':14}{'path':18}{'images':>7}{'s/image':>9}{'floor':>7}{'preview':>9}{'peak GiB':>10}  graph")
     for model, section in figures["models"].items():
         for label, rows in (("", section.get("speed", {})), ("nf4 ", section.get("nf4", {}).get("speed", {}))):
             for name in IMPLEMENTATIONS:
                 for n, row in rows.get(name, {}).items():
                     if "seconds" not in row:
-                        print(f"{model:14}{label + name:14}{n:>7}  {next(iter(row.values()))[:70]}")
+                        print(f"{model:14}{label + name:18}{n:>7}  {next(iter(row.values()))[:70]}")
                         continue
                     floor = f"{100 * row['fraction_of_floor']:.0f}%" if "fraction_of_floor" in row else "-"
                     preview = f"{row['first_preview_s']:.2f}s" if row["first_preview_s"] is not None else "-"
-                    print(f"{model:14}{label + name:14}{n:>7}{row['s_per_image']:>9.3f}{floor:>7}{preview:>9}"
+                    print(f"{model:14}{label + name:18}{n:>7}{row['s_per_image']:>9.3f}{floor:>7}{preview:>9}"
                           f"{row['peak_gib']:>10.2f}  {row.get('graphs_used', '')}")
         print(f"{model}: greedy {json.dumps(section.get('greedy'))}")
         print(f"{model}: chat {json.dumps(section.get('chat'))}")
