@@ -32,6 +32,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="Hub id, local folder, tiny-random or random:<preset> (default: 7B on a big GPU, else 1B)")
     parser.add_argument("--device", default=env("JANUS_DEVICE"), help="cuda, cuda:N or cpu (default: CUDA if present)")
     parser.add_argument("--dtype", default=env("JANUS_DTYPE"), help="LLM dtype: bf16, fp16 or fp32 (default: automatic)")
+    parser.add_argument("--quantize", default=env("JANUS_QUANTIZE"),
+                        help="int8 or nf4: the language model in 8 or 4 bits (bitsandbytes), e.g. 7B on a 12 GB GPU")
     parser.add_argument("--host", default=env("GRADIO_SERVER_NAME", "127.0.0.1"),
                         help="address to bind (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=int(env("GRADIO_SERVER_PORT", "7860")))
@@ -54,7 +56,7 @@ def create_app(args: argparse.Namespace):
     from janus_demo.loading import on_zerogpu
     from janus_demo.ui import build_demo
 
-    engine = load_engine(args.model, device=args.device, dtype=args.dtype)
+    engine = load_engine(args.model, device=args.device, dtype=args.dtype, quantize=args.quantize)
     batch_users = 1 if on_zerogpu() else args.batch_users  # each ZeroGPU call is a process of its own
     engine.share_decoding(batch_users > 1)
     gpu_tasks.install(engine)

@@ -44,6 +44,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--arch", default="tiny", help=f"random preset ({', '.join(PRESETS)}) or a model id/path")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: CUDA if present)")
     parser.add_argument("--dtype", default=None, help="LLM dtype (default: the engine's choice)")
+    parser.add_argument("--quantize", default=None, help="int8 or nf4: the language model's linear layers (bitsandbytes)")
     parser.add_argument("--num-images", type=int, default=4)
     parser.add_argument("--cfg-scale", type=float, default=5.0)
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per implementation (after a warm-up)")
@@ -99,17 +100,19 @@ def run_engine(engine, request: ImageRequest, preview_budget: float = 0.05) -> d
     started = time.perf_counter()
     first_preview = None
     at = {}
+    total = 576
     for event in engine.generator.stream(request, preview_budget=preview_budget):
         if isinstance(event, GenerationResult):
             result = event
             continue
+        total = event.total  # 576 per memory-sized chunk
         if event.step in STEADY:
             at[event.step] = time.perf_counter()  # the host runs at most 2 steps ahead of the GPU
         if event.preview is not None and first_preview is None:
             first_preview = time.perf_counter() - started
     step_s = (at[STEADY[1]] - at[STEADY[0]]) / (STEADY[1] - STEADY[0]) if len(at) == 2 else None
     return {"seconds": time.perf_counter() - started, "first_preview_s": first_preview, "tokens": result.tokens,
-            "step_s": step_s}
+            "step_s": step_s, "chunks": total // 576, "graphs_used": engine.generator.graphs_used}
 
 
 def run_transformers(engine, request: ImageRequest) -> dict:
@@ -299,7 +302,8 @@ def machine(device: torch.device) -> str:
 
 
 def print_table(figures: dict) -> None:
-    print(f"\n{figures['machine']} · {figures['arch']} · {figures['num_images']} images · CFG {figures['cfg_scale']}")
+    quantized = f" · {figures['quantize']}" if figures.get("quantize") else ""
+    print(f"\n{figures['machine']} · {figures['arch']}{quantized} · {figures['num_images']} images · CFG {figures['cfg_scale']}")
     print(f"{'':14}{'s/image':>10}{'tok/s':>10}{'1st preview':>13}{'peak MB':>10}")
     for name in ("engine", "transformers", "official"):
         row = figures["images"].get(name)
@@ -333,9 +337,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     transformers.logging.set_verbosity_error()
     name = f"random:{args.arch}" if args.arch in PRESETS else args.arch
-    engine = load_engine(name, device=args.device, dtype=args.dtype)
+    engine = load_engine(name, device=args.device, dtype=args.dtype, quantize=args.quantize)
     figures = {"machine": machine(engine.device), "arch": args.arch, "device": str(engine.device),
-               "llm_dtype": str(engine.precision.llm), "num_images": args.num_images, "cfg_scale": args.cfg_scale,
+               "llm_dtype": str(engine.precision.llm), "quantize": args.quantize, "num_images": args.num_images, "cfg_scale": args.cfg_scale,
                "repeats": args.repeats, "images": bench_images(engine, args)}
     if args.understanding:
         figures["understanding"] = bench_understanding(engine, args)

@@ -31,7 +31,7 @@ from .images import NEUTRAL_GRAY, decoded_to_images, save_png
 from .memory import RESERVE_BYTES, SAFETY, free_bytes, is_out_of_memory, plan_chunks, release_memory, request_memory
 from .prompts import control_tokens, neutralize
 from .sampling import image_keys
-from .token_loop import TokenLoop, cuda_graphs_wanted
+from .token_loop import WARMUP_STEPS, TokenLoop, cuda_graphs_wanted, disable_graphs
 from .validation import MAX_IMAGES, MAX_PROMPT_CHARS, MAX_SEED, check_int, check_number, check_text
 
 logger = logging.getLogger(__name__)
@@ -162,6 +162,33 @@ class ImageGenerator:
         self.boi_id = tokenizer.convert_tokens_to_ids(tokenizer.boi_token)
         self.grid = model.config.vq_config.num_patches  # 24: tokens per row and rows per image
         self.num_tokens = self.grid * self.grid  # 576
+        self.graphs_used = False  # whether the last decoding loop replayed a CUDA graph
+
+    @torch.inference_mode()
+    def probe_cuda_graphs(self, steps: int = WARMUP_STEPS + 4) -> bool:
+        """Before serving: capture and replay the decode step once (1 image, greedy, a few steps)
+        and check its tokens against the eager step's. A capture that fails or differs turns
+        graphs off here, not in the middle of a user's request; the outcome is logged."""
+        if not cuda_graphs_wanted(self.device):
+            logger.info("CUDA graphs: off (%s)", "JANUS_CUDA_GRAPHS=0 or an earlier failure"
+                        if self.device.type == "cuda" else "not a CUDA device")
+            return False
+        ids, mask = self.rows(ImageRequest("a probe", num_images=1), 1)
+
+        def run(use_cuda_graph: bool) -> tuple[torch.Tensor, bool]:
+            loop = TokenLoop(self.model, ids, mask, keys=image_keys(0, 0, 1).to(self.device), cfg_scale=5.0,
+                             temperature=0.0, top_k=None, top_p=None, num_tokens=steps, fixed_shapes=True)
+            for _ in loop.steps(use_cuda_graph=use_cuda_graph):
+                pass
+            loop.release()
+            return loop.tokens.cpu(), loop.graphed
+
+        (replayed, graphed), (eager, _) = run(True), run(False)
+        if graphed and not torch.equal(replayed, eager):
+            disable_graphs("the probe's replayed tokens differ from the eager step's")
+            return False
+        logger.info("CUDA graphs: %s", "captured and replayed; same tokens as eager" if graphed else "off")
+        return graphed
 
     @property
     def device(self) -> torch.device:
@@ -275,6 +302,7 @@ class ImageGenerator:
                     break
         finally:
             steps.close()
+            self.graphs_used = loop.graphed
             tokens = loop.tokens
             loop.release()  # the KV cache goes now, also on cancel or error
         if done < self.num_tokens:

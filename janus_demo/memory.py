@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import math
 import os
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -19,6 +20,9 @@ _CPU_OOM_WORDS = ("can't allocate memory", "not enough memory", "out of memory",
 CODEBOOK = 16384
 SAFETY = 1.2  # allocator fragmentation and what the estimate leaves out
 RESERVE_BYTES = 512 * 2**20  # never plan to the last byte
+# Held around every CUDA graph capture and every empty_cache(): torch asserts in empty_cache()
+# while any thread of the process captures, and two captures on one stream would mix.
+CUDA_LOCK = threading.RLock()
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -32,16 +36,21 @@ def release_memory(device: torch.device) -> None:
     """Collect garbage and hand cached CUDA blocks back, so the next request starts clean."""
     gc.collect()
     if device.type == "cuda":
-        torch.cuda.empty_cache()
+        with CUDA_LOCK:
+            torch.cuda.empty_cache()
 
 
 def free_bytes(device: torch.device) -> int:
     """Memory a new request may use: free GPU memory plus what PyTorch has cached but not in
     use; on the CPU, the kernel's MemAvailable."""
     if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
+        free, total = torch.cuda.mem_get_info(device)
         stats = torch.cuda.memory_stats(device)
-        return free + stats.get("reserved_bytes.all.current", 0) - stats.get("allocated_bytes.all.current", 0)
+        reserved = stats.get("reserved_bytes.all.current", 0)
+        # A per-process cap (set_per_process_memory_fraction: a shared GPU, a simulated smaller card)
+        fraction = getattr(torch.cuda, "get_per_process_memory_fraction", lambda device: 1.0)(device)
+        free = min(free, int(fraction * total) - reserved)
+        return free + reserved - stats.get("allocated_bytes.all.current", 0)
     with open("/proc/meminfo") as meminfo:
         for line in meminfo:
             if line.startswith("MemAvailable:"):

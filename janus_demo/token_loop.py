@@ -17,6 +17,7 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterator
 
 import torch
@@ -24,13 +25,16 @@ from transformers import Cache, StaticCache
 from transformers.cache_utils import StaticLayer
 from transformers.models.llama.modeling_llama import LlamaModel
 
+from .memory import CUDA_LOCK, is_out_of_memory
 from .sampling import choose_tokens
 
 logger = logging.getLogger(__name__)
 
 MAX_STEPS_AHEAD = 2  # steps queued on the GPU ahead of the host: hides launch gaps, bounds lag
 WARMUP_STEPS = 2  # eager steps (cuBLAS/cuDNN set-up) before a capture
-_graphs_broken = False  # set once a capture fails on this process's GPU; later requests skip it
+_graphs_broken = False  # set once a capture fails (not for lack of memory); later requests skip it
+_side_streams: dict[torch.device, torch.cuda.Stream] = {}
+_streams_lock = threading.Lock()
 # transformers renamed the decoder's `past_key_values` to `cache` (5.24 accepts both, 5.17 only the
 # old name and silently drops an unknown keyword into **kwargs): pass the name this version reads.
 CACHE_KWARG = "cache" if "cache" in inspect.signature(LlamaModel.forward).parameters else "past_key_values"
@@ -39,6 +43,40 @@ CACHE_KWARG = "cache" if "cache" in inspect.signature(LlamaModel.forward).parame
 def cuda_graphs_wanted(device: torch.device) -> bool:
     """CUDA graphs on CUDA devices, unless JANUS_CUDA_GRAPHS=0 or a capture already failed."""
     return device.type == "cuda" and os.environ.get("JANUS_CUDA_GRAPHS", "1") != "0" and not _graphs_broken
+
+
+def graphs_broken() -> bool:
+    """Whether a failed capture turned CUDA graphs off for this process (benchmarks report it)."""
+    return _graphs_broken
+
+
+def disable_graphs(reason: str) -> None:
+    """Decode eagerly from now on in this process (logged)."""
+    global _graphs_broken
+    _graphs_broken = True
+    logger.warning("CUDA graphs off: %s; decoding eagerly from now on", reason)
+
+
+def side_stream(device: torch.device) -> torch.cuda.Stream:
+    """The device's one capture stream, reused: cuBLAS keeps a 32 MiB workspace per stream, so a
+    new stream per request would make memory creep up request after request."""
+    with _streams_lock:
+        if device not in _side_streams:
+            _side_streams[device] = torch.cuda.Stream(device)
+        return _side_streams[device]
+
+
+def end_capture(graph: torch.cuda.CUDAGraph, device: torch.device, pool) -> None:
+    """`graph.capture_end()`; if it fails (an invalidated capture), hand the allocator back from
+    the capture's pool first, which torch skips then: else every later `empty_cache()` fails an
+    internal assert, as if a capture were still under way."""
+    try:
+        graph.capture_end()
+    except Exception:
+        end_pool = getattr(torch._C, "_cuda_endAllocateToPool", None)
+        if end_pool is not None:
+            end_pool(device.index, pool)
+        raise
 
 
 class _FilledSlots(StaticLayer):
@@ -88,11 +126,12 @@ class TokenLoop:
         self.mask[:, 0, 0, : self.length] = mask.bool()
         self.positions = (mask.cumsum(-1) - 1).clamp(min=0)
         self.embeds: torch.Tensor | None = None
+        self.graphed = False  # whether the steps after the warm-up replay a CUDA graph
 
     # ----- the step ----------------------------------------------------------------------
     def _pick(self, hidden: torch.Tensor) -> None:
         """From the last hidden states: CFG, choose, record the token, prepare the next step."""
-        logits = self.model.model.generation_head(hidden)
+        logits = self.model.model.generation_head(hidden).float()  # CFG in bf16 would amplify rounding 5x
         n = self.num_images
         if self.rows > n:  # conditional rows first, unconditional rows after
             cond, uncond = logits[:n], logits[n:]
@@ -143,7 +182,7 @@ class TokenLoop:
         device = self.ids.device
         if use_cuda_graph and not self.fixed_shapes:
             raise ValueError("a CUDA graph needs fixed_shapes=True")
-        side = torch.cuda.Stream(device) if use_cuda_graph else None
+        side = side_stream(device) if use_cuda_graph else None
         done: list[torch.cuda.Event] = []
         run = self._decode_step
         self._prefill()
@@ -155,34 +194,50 @@ class TokenLoop:
                 if side is not None and step == WARMUP_STEPS + 1:
                     run = self._capture(side) or run
                 run()
-            if device.type == "cuda":  # keep the host close behind the GPU, without a full sync
-                done.append(torch.cuda.Event())
-                done[-1].record()
+            if device.type == "cuda":  # keep the host close behind the GPU, sleeping rather than spinning
+                done.append(torch.cuda.Event(blocking=True))
+                done[-1].record(torch.cuda.current_stream(device))
                 if len(done) > MAX_STEPS_AHEAD:
                     done.pop(0).synchronize()
             yield step
 
     @staticmethod
     def _on_stream(stream: torch.cuda.Stream, work: Callable[[], None]) -> None:
+        """`work` on the shared side stream; the lock keeps it out of another thread's capture there."""
         current = torch.cuda.current_stream(stream.device)
-        stream.wait_stream(current)
-        with torch.cuda.stream(stream):
-            work()
+        with CUDA_LOCK:
+            stream.wait_stream(current)
+            with torch.cuda.stream(stream):
+                work()
         current.wait_stream(stream)
 
     def _capture(self, stream: torch.cuda.Stream) -> Callable[[], None] | None:
-        """The decode step as a replayable CUDA graph, or None (logged) if capture fails."""
-        global _graphs_broken
+        """The decode step as a replayable CUDA graph, or None (logged) if capture fails.
+
+        Not `torch.cuda.graph(...)`: it calls `empty_cache()`, which asserts if any thread of the
+        process is capturing, and leaves the thread on the side stream when `capture_end` fails.
+        Here one process-wide lock covers every capture and every `empty_cache()` (release_memory),
+        and the stream context is always left."""
+        device = stream.device
         try:
             graph = torch.cuda.CUDAGraph()
-            stream.wait_stream(torch.cuda.current_stream(stream.device))
-            # thread_local: CUDA work of other requests' threads is neither captured nor refused
-            with torch.cuda.graph(graph, stream=stream, capture_error_mode="thread_local"):
-                self._decode_step()
+            pool = torch.cuda.graph_pool_handle()
+            with CUDA_LOCK:
+                stream.wait_stream(torch.cuda.current_stream(device))
+                with torch.cuda.stream(stream):
+                    # thread_local: CUDA work of other requests' threads is neither captured nor refused
+                    graph.capture_begin(pool, capture_error_mode="thread_local")
+                    try:
+                        self._decode_step()
+                    finally:
+                        end_capture(graph, device, pool)
+            self.graphed = True
             return graph.replay
         except Exception as exc:  # any capture problem: the eager step computes the same tokens
-            _graphs_broken = True
-            logger.warning("CUDA graph capture failed (%s); decoding eagerly from now on", exc)
+            if is_out_of_memory(exc):  # no room for the graph's pool now; later requests may have it
+                logger.warning("CUDA graph capture ran out of memory; this request decodes eagerly")
+                return None
+            disable_graphs(f"the capture failed ({exc})")
             return None
 
     def release(self) -> None:

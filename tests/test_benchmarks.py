@@ -8,6 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import transformers
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -59,3 +62,39 @@ def test_cpu_parts_benchmark_times_every_part_per_setting(artifacts):
                      "vq decode, 1 image", "vq decode, 1 image (unscaled)"}
     assert {(row["threads"], row["dtype"]) for row in figures["figures"]} == {(1, "fp32"), (2, "fp32")}
     assert all(row["seconds"] > 0 for row in figures["figures"])
+
+
+def test_quantize_benchmark_times_every_mode_on_the_same_weights(artifacts):
+    figures = run("bench_quantize.py", "--arch", "tiny", "--repeats", "1", "--prefill", "8",
+                  artifacts=artifacts, name="bench-quantize-tiny.json")
+    rows = {row["quantize"]: row for row in figures["figures"]}
+    assert list(rows) == ["none", "int8", "nf4"]
+    assert rows["nf4"]["llm_layer_weights_mb"] < rows["int8"]["llm_layer_weights_mb"] < rows["none"]["llm_layer_weights_mb"]
+    assert all(row["step_s"] > 0 and row["prefill_s"] > 0 for row in rows.values())
+
+
+@pytest.mark.timeout(1800)
+def test_gpu_check_dry_run_runs_without_gradio_or_spaces(artifacts):
+    """The prepared GPU proof runs the same code on the CPU, so it cannot rot before a GPU comes;
+    gradio and spaces are made unimportable, as on the GPU machine."""
+    out = artifacts / "gpu-check-dry-run.json"
+    code = ("import runpy, sys; sys.modules.update(gradio=None, spaces=None); sys.path.insert(0, 'benchmarks'); "
+            f"sys.argv = ['gpu_check.py', '--dry-run', '--out', {str(out)!r}]; "
+            "runpy.run_path('benchmarks/gpu_check.py', run_name='__main__')")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=1800)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    (artifacts / "gpu-check-dry-run.txt").write_text(done.stdout)
+    figures = json.loads(out.read_text())
+    assert figures["versions"]["transformers"] == transformers.__version__
+    tiny = figures["models"]["tiny"]
+    for name in ("engine_graph", "engine_eager", "official", "transformers"):
+        row = tiny["speed"][name]["1"]
+        assert row.get("s_per_image", 0) > 0 or "unavailable" in row, (name, row)  # transformers 5.17 cannot draw
+    assert tiny["speed"]["engine_graph"]["1"]["graphs_used"] is False  # no CUDA here
+    assert tiny["greedy"]["graph_vs_eager"] == {"equal": True, "share_equal": 1.0}
+    assert tiny["chat"]["engine"]["decode_tokens_per_s"] > 0
+    for card in (tiny["cards_bf16"]["12GB"], tiny["nf4"]["cards"]["12GB"]):
+        assert card["images_per_loop"]["cfg5"] == 1 and card["plans"]["2@cfg5"] == [1, 1]
+        assert card["runs"]["2"] == {**card["runs"]["2"], "finished": True, "chunks": 2}
+        assert card["runs"]["1"]["finished"] and card["runs"]["1"]["chunks"] == 1
+    assert tiny["nf4"]["speed"]["engine_graph"]["1"]["s_per_image"] > 0
