@@ -9,6 +9,8 @@ What it measures, on random weights with the real shapes (random:janus-pro-7b, t
           per image, fraction of the memory-bandwidth floor, time to first preview, peak memory,
           and whether the graph was used
   greedy  greedy tokens of the graph, eager and transformers paths: equal, or the share that is
+  seeds   the sampling noise equals the CPU's; a request repeats itself; images 0-3 drawn alone
+          vs in a batch of 4 and of 16 (bf16 kernels are chosen per batch size)
   chat    prefill and decode tokens/s of an answer about an image, engine vs model.generate
   cards   7B in bf16 and in nf4 on simulated 24, 16 and 12 GB cards (a per-process memory cap):
           the planner's chunks at every slider setting, and its largest single loop and the
@@ -39,6 +41,7 @@ import transformers
 import bench_generation as bench  # this folder; it puts the repository root on sys.path
 from janus_demo import OutOfMemory, load_engine, quantization, token_loop  # noqa: E402
 from janus_demo.generation import ImageRequest  # noqa: E402
+from janus_demo.sampling import gumbel_noise, hashed_uniforms, image_keys  # noqa: E402
 from janus_demo.memory import RESERVE_BYTES, SAFETY, is_out_of_memory, plan_chunks, release_memory, request_memory  # noqa: E402
 
 GIB = 2**30
@@ -178,6 +181,31 @@ def greedy(engine, budget: Budget) -> dict:
     return result
 
 
+def seeds(engine, budget: Budget) -> dict:
+    """The seed contract on this device: the noise equals the CPU's, a request repeats itself, and
+    image i drawn alone vs in a batch of 4 or 16 (bf16 kernels are chosen per batch size)."""
+    if budget.spent():
+        return SKIPPED
+    keys = image_keys(bench.SEED, 0, 16)
+    on_device = hashed_uniforms(keys.to(engine.device), torch.tensor([7], device=engine.device), 16384).cpu()
+    on_cpu = hashed_uniforms(keys, 7, 16384)
+    result = {"noise_equal_to_cpu": bool(torch.equal(on_device, on_cpu)),
+              "gumbel_share_equal_to_cpu": round(float((gumbel_noise(keys.to(engine.device), 7, 16384).cpu()
+                                                         == gumbel_noise(keys, 7, 16384)).float().mean()), 4)}
+    request = ImageRequest(bench.PROMPT, num_images=4, seed=bench.SEED)
+    first = run(engine, "engine_graph", request)["tokens"]
+    result["same_request_twice_equal"] = bool(torch.equal(first, run(engine, "engine_graph", request)["tokens"]))
+    alone = torch.cat([run(engine, "engine_graph", replace(request, num_images=1, seed=bench.SEED + i))["tokens"]
+                       for i in range(4)])
+    sixteen = run(engine, "engine_graph", replace(request, num_images=16))["tokens"][:4]
+    for label, batch in (("batch4_vs_alone", first), ("batch16_vs_alone", sixteen)):
+        same = (batch == alone).all(dim=1)
+        differ = (batch != alone).int().argmax(dim=1)  # first differing step of each image
+        result[label] = {"images_identical": f"{int(same.sum())}/4",
+                         "first_differing_step": [None if s else int(d) for s, d in zip(same.tolist(), differ)]}
+    return result
+
+
 def chat(engine, plan: Plan, budget: Budget) -> dict:
     if budget.spent():
         return SKIPPED
@@ -303,7 +331,7 @@ def check(name: str, plan: Plan, budget: Budget, figures: dict, write, big: bool
         "load_s": round(time.perf_counter() - started, 1),
         "graphs_on_after_probe": plan.device == "cuda" and not token_loop.graphs_broken()}
     work = {"speed": lambda: speed(engine, plan, budget), "greedy": lambda: greedy(engine, budget),
-            "chat": lambda: chat(engine, plan, budget)}
+            "seeds": lambda: seeds(engine, budget), "chat": lambda: chat(engine, plan, budget)}
     if big:
         work.update(cards_bf16=lambda: cards(engine, plan, budget), nf4=lambda: nf4(engine, plan, budget))
     for key, measure in work.items():
@@ -331,6 +359,7 @@ def print_table(figures: dict) -> None:
                     print(f"{model:14}{label + name:18}{n:>7}{row['s_per_image']:>9.3f}{floor:>7}{preview:>9}"
                           f"{row['peak_gib']:>10.2f}  {row.get('graphs_used', '')}")
         print(f"{model}: greedy {json.dumps(section.get('greedy'))}")
+        print(f"{model}: seeds {json.dumps(section.get('seeds'))}")
         print(f"{model}: chat {json.dumps(section.get('chat'))}")
         for key in ("cards_bf16",):
             if key in section:
