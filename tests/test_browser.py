@@ -266,3 +266,48 @@ def test_stop_retry_and_clear_in_the_chat_and_stop_in_the_draw_tab(app, browser,
     assert not any("janus_" in (img.get_attribute("src") or "") for img in page.locator("#gallery img").all())
     page.screenshot(path=str(artifacts / "draw-stopped.png"), full_page=True)
     page.close()
+
+
+DROP = """([selector, name, b64]) => {
+  const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+  const files = new DataTransfer();
+  files.items.add(new File([bytes], name, {type: 'image/png'}));
+  const target = document.querySelector(selector);
+  for (const type of ['dragenter', 'dragover', 'drop']) {
+    target.dispatchEvent(new DragEvent(type, {bubbles: true, cancelable: true, dataTransfer: files}));
+  }
+}"""
+
+
+def test_dropping_a_png_on_the_draw_tab_restores_it_and_redraws_it_alone(page, engine, artifacts, tmp_path):
+    import base64
+    import urllib.request
+
+    from PIL import Image
+
+    batch = engine.generate_images("a lighthouse at dusk", num_images=3, cfg_scale=3.5, temperature=0.85, seed=321,
+                                   negative_prompt="fog")
+    source = batch.save(tmp_path, scale=2)[1]  # image #2 of 3, saved at 768 px
+    page.get_by_role("tab", name="Draw").click()
+    page.locator("#prompt textarea").fill("something else")
+    page.evaluate(DROP, ["#redraw-file button", source.name, base64.b64encode(source.read_bytes()).decode()])
+    page.wait_for_function("() => document.querySelector('#prompt textarea').value === 'a lighthouse at dusk'",
+                           timeout=30_000)
+    assert page.locator("#negative textarea").input_value() == "fog"
+    assert float(page.locator("#cfg-scale input[type=number]").input_value()) == 3.5
+    assert float(page.locator("#temperature input[type=number]").input_value()) == 0.85
+    assert page.locator("#num-images input[type=number]").input_value() == "3"
+    assert page.locator("#seed input").input_value() == "321"
+    assert not page.locator("#random-seed input[type=checkbox]").is_checked()
+    assert page.locator("#show-768 input[type=checkbox]").is_checked()
+    assert "image #2 of 3 (seed 321) restored" in page.locator("#status").inner_text()
+    page.screenshot(path=str(artifacts / "draw-restored.png"), full_page=True)
+
+    page.locator("#redraw").get_by_text("Redraw #2 alone").click()  # seed 321 + 1, one image
+    page.wait_for_function(GALLERY_LOADED, arg="janus_322_0", timeout=120_000)
+    assert page.locator("#gallery img").count() == 1
+    page.screenshot(path=str(artifacts / "draw-redrawn.png"), full_page=True)
+    redrawn = tmp_path / "redrawn.png"
+    redrawn.write_bytes(urllib.request.urlopen(page.locator("#gallery img").first.get_attribute("src")).read())
+    with Image.open(source) as original, Image.open(redrawn) as again:
+        assert again.size == (768, 768) and again.tobytes() == original.tobytes()
