@@ -141,11 +141,12 @@ class GenerationResult:
         """What goes into image `index`'s PNG: the request (which regenerates it) and the index."""
         return {**self.params, "image_index": index}
 
-    def save(self, folder: str | Path, stem: str = "janus") -> list[Path]:
+    def save(self, folder: str | Path, stem: str = "janus", *, scale: int = 1) -> list[Path]:
+        """One PNG per image, with its parameters; `scale` 2 enlarges them as the official demo does."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         return [
-            save_png(image, folder / f"{stem}_{self.seed}_{i}.png", self.image_params(i))
+            save_png(image, folder / f"{stem}_{self.seed}_{i}.png", self.image_params(i), scale=scale)
             for i, image in enumerate(self.images)
         ]
 
