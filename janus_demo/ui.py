@@ -87,7 +87,7 @@ def build_demo(
                             randomize = gr.Checkbox(value=True, label="Random seed", elem_id="random-seed")
                         show_large = gr.Checkbox(value=False, elem_id="show-768",
                                                  label="Show at 768 px (the 384 px images enlarged ×2, LANCZOS)")
-                        with gr.Accordion("Advanced", open=False):
+                        with gr.Accordion("Advanced", open=False, elem_id="draw-advanced"):
                             negative = gr.Textbox(label="Negative prompt", lines=2, elem_id="negative",
                                                   placeholder="What the images should avoid (replaces the empty prompt CFG compares with)")
                         redraw_file = gr.File(label="Drop one of our PNGs here: its settings come back",
