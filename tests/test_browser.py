@@ -285,11 +285,11 @@ def test_dropping_a_png_on_the_draw_tab_restores_it_and_redraws_it_alone(page, e
 
     from PIL import Image
 
-    # Settings where image #2 of the batch samples the same tokens as image 0 of seed + 1 drawn alone
+    # Settings where image #3 of the batch samples the same tokens as image 0 of seed + 2 drawn alone
     # on tiny-random (with the inverse-CDF sampler a batch's rows can round differently; see test_cli).
-    batch = engine.generate_images("a red cat", num_images=3, cfg_scale=4.0, temperature=1.0, seed=10,
+    batch = engine.generate_images("a red cat", num_images=3, cfg_scale=4.0, temperature=1.0, seed=11,
                                    negative_prompt="blurry")
-    source = batch.save(tmp_path, scale=2)[1]  # image #2 of 3, saved at 768 px
+    source = batch.save(tmp_path, scale=2)[2]  # image #3 of 3, saved at 768 px
     page.get_by_role("tab", name="Draw").click()
     page.locator("#prompt textarea").fill("something else")
     page.evaluate(DROP, ["#redraw-file button", source.name, base64.b64encode(source.read_bytes()).decode()])
@@ -300,14 +300,14 @@ def test_dropping_a_png_on_the_draw_tab_restores_it_and_redraws_it_alone(page, e
     assert float(page.locator("#cfg-scale input[type=number]").input_value()) == 4.0
     assert float(page.locator("#temperature input[type=number]").input_value()) == 1.0
     assert page.locator("#num-images input[type=number]").input_value() == "3"
-    assert page.locator("#seed input").input_value() == "10"
+    assert page.locator("#seed input").input_value() == "11"
     assert not page.locator("#random-seed input[type=checkbox]").is_checked()
     assert page.locator("#show-768 input[type=checkbox]").is_checked()
-    assert "image #2 of 3 (seed 10) restored" in page.locator("#status").inner_text()
+    assert "image #3 of 3 (seed 11) restored" in page.locator("#status").inner_text()
     page.screenshot(path=str(artifacts / "draw-restored.png"), full_page=True)
 
-    page.locator("#redraw").get_by_text("Redraw #2 alone").click()  # seed 10 + 1, one image
-    page.wait_for_function(GALLERY_LOADED, arg="janus_11_0", timeout=600_000)
+    page.locator("#redraw").get_by_text("Redraw #3 alone").click()  # seed 11 + 2, one image
+    page.wait_for_function(GALLERY_LOADED, arg="janus_13_0", timeout=600_000)
     assert page.locator("#gallery img").count() == 1
     page.screenshot(path=str(artifacts / "draw-redrawn.png"), full_page=True)
     redrawn = tmp_path / "redrawn.png"
