@@ -1,6 +1,7 @@
 """Command line for quick looks without the UI.
 
     python -m janus_demo generate "a prompt" -n 4 --seed 1 --out DIR
+    python -m janus_demo generate --from DIR/janus_1_2.png   # image #3 of that batch, drawn alone
     python -m janus_demo ask IMAGE "question"
 """
 
@@ -9,8 +10,13 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from dataclasses import asdict
+from typing import TYPE_CHECKING
 
 from .errors import JanusError
+
+if TYPE_CHECKING:
+    from .generation import ImageRequest
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -27,7 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     gen = commands.add_parser("generate", help="draw images from a prompt and save PNGs")
-    gen.add_argument("prompt")
+    gen.add_argument("prompt", nargs="?")
+    gen.add_argument("--from", dest="source", metavar="FILE.png",
+                     help="redraw one of our PNGs alone, pixel for pixel, from its own parameters "
+                          "(its model unless --model is given; the other drawing options are ignored)")
     gen.add_argument("-n", "--num-images", type=int, default=4)
     gen.add_argument("--cfg", type=float, default=5.0, help="classifier-free guidance scale (1 = off)")
     gen.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
@@ -45,25 +54,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run_generate(engine, args) -> None:
+def run_generate(engine, request: ImageRequest, *, out: str, quiet: bool, scale: int = 1) -> None:
     from tqdm import tqdm
 
-    with tqdm(total=engine.generator.num_tokens, unit="tok", desc="Drawing", file=sys.stderr, disable=args.quiet) as bar:
+    with tqdm(total=engine.generator.num_tokens, unit="tok", desc="Drawing", file=sys.stderr, disable=quiet) as bar:
 
         def on_progress(step: int, total: int, preview) -> None:
             bar.total = total  # more than 576 steps when memory splits the images into batches
             bar.update(step - bar.n)
 
-        result = engine.generate_images(
-            args.prompt,
-            num_images=args.num_images,
-            cfg_scale=args.cfg,
-            temperature=args.temperature,
-            seed=args.seed,
-            negative_prompt=args.negative,
-            on_progress=on_progress,
-        )
-    for path in result.save(args.out):
+        result = engine.generate_images(**asdict(request), on_progress=on_progress)
+    for path in result.save(out, scale=scale):
         print(path)
 
 
@@ -85,11 +86,25 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.ERROR if args.quiet else logging.INFO, format="%(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per HTTP request otherwise
+    from .generation import ImageRequest
     from .loading import load_engine
+    from .redraw import read_drawn_image
 
+    if args.command == "generate" and (args.prompt is None) == (args.source is None):
+        build_parser().error("generate takes a prompt or --from FILE.png (one of the two)")
     try:
-        engine = load_engine(args.model, device=args.device, dtype=args.dtype, quantize=args.quantize)
-        (run_generate if args.command == "generate" else run_ask)(engine, args)
+        load = {"device": args.device, "dtype": args.dtype, "quantize": args.quantize}
+        if args.command == "ask":
+            run_ask(load_engine(args.model, **load), args)
+        elif args.source is not None:
+            drawn = read_drawn_image(args.source)
+            engine = load_engine(args.model or drawn.model, **load)
+            drawn.check_model(engine.name)
+            run_generate(engine, drawn.alone(), out=args.out, quiet=args.quiet, scale=drawn.scale)
+        else:
+            request = ImageRequest(args.prompt, num_images=args.num_images, cfg_scale=args.cfg,
+                                   temperature=args.temperature, seed=args.seed, negative_prompt=args.negative)
+            run_generate(load_engine(args.model, **load), request, out=args.out, quiet=args.quiet)
     except JanusError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -36,7 +36,10 @@ from .validation import MAX_IMAGES, MAX_PROMPT_CHARS, MAX_SEED, check_int, check
 
 logger = logging.getLogger(__name__)
 
-DECODE_BATCH = 4  # images per VQ-decoder pass: bounds the decoder's activation memory
+# Images per VQ-decoder pass. One: convolution kernels round differently for different batch
+# sizes, so decoding alone makes an image's pixels depend on its own tokens only, and image k
+# of a batch redraws identically by itself (seed + k). It also bounds activation memory.
+DECODE_BATCH = 1
 
 
 @dataclass(frozen=True)
@@ -138,11 +141,12 @@ class GenerationResult:
         """What goes into image `index`'s PNG: the request (which regenerates it) and the index."""
         return {**self.params, "image_index": index}
 
-    def save(self, folder: str | Path, stem: str = "janus") -> list[Path]:
+    def save(self, folder: str | Path, stem: str = "janus", *, scale: int = 1) -> list[Path]:
+        """One PNG per image, with its parameters; `scale` 2 enlarges them as the official demo does."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         return [
-            save_png(image, folder / f"{stem}_{self.seed}_{i}.png", self.image_params(i))
+            save_png(image, folder / f"{stem}_{self.seed}_{i}.png", self.image_params(i), scale=scale)
             for i, image in enumerate(self.images)
         ]
 
@@ -356,22 +360,12 @@ class ImageGenerator:
 
     @torch.inference_mode()
     def decode(self, tokens: torch.Tensor, *, is_cancelled=lambda: False) -> list[Image.Image]:
-        """Full VQ decode, a few images at a time to bound activation memory (one at a time if
-        even that runs out: the tokens are the user's work, not to be lost to a decode)."""
+        """Full VQ decode, DECODE_BATCH images at a time (see there why)."""
         images: list[Image.Image] = []
-        batch = DECODE_BATCH
-        while len(images) < len(tokens):
+        for chunk in tokens.split(DECODE_BATCH):
             if is_cancelled():
                 raise Cancelled("Generation was stopped.")
-            chunk = tokens[len(images) : len(images) + batch]
-            try:
-                images += decoded_to_images(self.model.decode_image_tokens(chunk))
-                continue
-            except Exception as exc:
-                if batch == 1 or not is_out_of_memory(exc):
-                    raise
-            release_memory(self.device)
-            batch = 1
+            images += decoded_to_images(self.model.decode_image_tokens(chunk))
         return images
 
     @torch.inference_mode()

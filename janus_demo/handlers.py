@@ -26,6 +26,7 @@ from .chat import ChatSettings, normalize_conversation
 from .errors import InputError, JanusError
 from .generation import GenerationResult, ImageRequest, Progress
 from .images import open_image
+from .redraw import DrawnImage, read_drawn_image
 from .validation import MAX_IMAGES, MAX_MESSAGE_CHARS, MAX_SEED, check_int, check_number, check_text
 
 logger = logging.getLogger(__name__)
@@ -115,11 +116,12 @@ def progress_text(event: Progress, elapsed: float) -> str:
     return f"{text}\n\n{event.note}" if event.note else text
 
 
-def save_outputs(result: GenerationResult) -> list[tuple[str, str]]:
-    """Write the PNGs (parameters in their metadata) and return gallery items (path, caption)."""
+def save_outputs(result: GenerationResult, scale: int = 1) -> list[tuple[str, str]]:
+    """Write the PNGs (parameters in their metadata; enlarged `scale` times) and return gallery
+    items (path, caption)."""
     _remove_old_outputs()
     folder = Path(tempfile.mkdtemp(prefix="run-", dir=OUTPUT_ROOT))
-    paths = result.save(folder)
+    paths = result.save(folder, scale=scale)
     return [(str(path), f"seed {result.seed} · #{i + 1}") for i, path in enumerate(paths)]
 
 
@@ -135,9 +137,10 @@ def _remove_old_outputs() -> None:
             shutil.rmtree(run, ignore_errors=True)
 
 
-def gallery_stream(request: ImageRequest) -> Iterator[tuple]:
+def gallery_stream(request: ImageRequest, scale: int = 1) -> Iterator[tuple]:
     """(gallery, status, seed) updates: previews as rows complete, progress text at most every
-    UPDATE_EVERY_S, the saved PNGs at the end; `gr.skip()` for widgets with nothing new.
+    UPDATE_EVERY_S, the saved PNGs (enlarged `scale` times) at the end; `gr.skip()` for widgets
+    with nothing new.
     Something is yielded at every heartbeat of the model's thread, so a Stop or a closed tab
     can close this generator, and so stop the model, at once."""
     started = time.perf_counter()
@@ -150,7 +153,7 @@ def gallery_stream(request: ImageRequest) -> Iterator[tuple]:
             if result is not None:
                 count = len(result.images)
                 done = f"Done: {count} image{'s' * (count > 1)} in {elapsed:.1f} s · seed {result.seed}"
-                yield save_outputs(result), done, result.seed
+                yield save_outputs(result, scale), done, result.seed
                 continue
             preview = next((e.preview for e in reversed(batch) if e.preview is not None), None)
             status = gr.skip()
@@ -161,10 +164,39 @@ def gallery_stream(request: ImageRequest) -> Iterator[tuple]:
 
 
 @user_facing
-def draw(prompt, negative_prompt, num_images, cfg_scale, temperature, seed, randomize_seed):
-    """The Draw tab's Generate button."""
+def draw(prompt, negative_prompt, num_images, cfg_scale, temperature, seed, randomize_seed, show_large=False):
+    """The Draw tab's Generate button; `show_large` enlarges the results x2, as the official demo does."""
     request = image_request(prompt, negative_prompt, num_images, cfg_scale, temperature, seed, randomize_seed)
-    yield from gallery_stream(request)
+    yield from gallery_stream(request, scale=2 if show_large else 1)
+
+
+def drawn_image(path: str | None) -> DrawnImage:
+    """What a dropped PNG says about itself, if this app's model drew it."""
+    if not path:
+        raise InputError("Drop one of this demo's PNGs on the Draw tab first.")
+    drawn = read_drawn_image(path)
+    drawn.check_model(gpu_tasks.current().name)
+    return drawn
+
+
+@user_facing
+def restore_settings(path: str | None):
+    """A PNG dropped on the Draw tab: its settings back in the widgets (Generate then draws its
+    whole batch again), and a button that redraws that one image alone."""
+    drawn = drawn_image(path)
+    request, number = drawn.request, drawn.index + 1
+    status = (f"Settings of image #{number} of {request.num_images} (seed {request.seed}) restored. "
+              f"**Generate** draws the whole batch again; **Redraw #{number} alone** draws just that image.")
+    return (request.prompt, request.negative_prompt or "", min(request.num_images, LIMITS.max_images),
+            request.cfg_scale, request.temperature, request.seed, False, drawn.scale == 2,
+            gr.Button(f"Redraw #{number} alone", visible=True), status)
+
+
+@user_facing
+def redraw_alone(path: str | None, show_large: bool = False):
+    """Draw the dropped PNG's image by itself (its seed + its index, one image): the same pixels."""
+    for gallery, status, _ in gallery_stream(drawn_image(path).alone(), scale=2 if show_large else 1):
+        yield gallery, status
 
 
 def stopped(status: str | None):
@@ -179,9 +211,10 @@ def stopped(status: str | None):
 
 
 @user_facing
-def api_generate(prompt: str, num_images: int = 4, cfg_scale: float = 5.0, temperature: float = 1.0, seed=None):
+def api_generate(prompt: str, num_images: int = 4, cfg_scale: float = 5.0, temperature: float = 1.0, seed=None,
+                 negative_prompt: str | None = None):
     """Draw `num_images` images: streams previews, ends with the PNGs (parameters in their metadata) and the seed."""
-    request = image_request(prompt, None, num_images, cfg_scale, temperature, seed)
+    request = image_request(prompt, negative_prompt, num_images, cfg_scale, temperature, seed)
     for gallery, _, shown_seed in gallery_stream(request):
         yield gallery, shown_seed
 
@@ -280,3 +313,30 @@ def api_understand(image: str, question: str, temperature: float = 0.1, top_p: f
     for piece in answer_stream(messages, settings):
         answer += piece
         yield answer
+
+
+# ----- the official demo's API -----------------------------------------------------------
+# Scripts written for DeepSeek's Janus-Pro Space (demo/app_januspro.py) call these two names
+# with these parameters and defaults, and read exactly one output: a second one (such as the
+# seed) would turn the result into a tuple and break `result[0]["image"]`.
+OFFICIAL_IMAGES = 5
+OFFICIAL_SCALE = 2  # 384 px shown at 768 px, enlarged with LANCZOS
+OFFICIAL_MAX_NEW_TOKENS = 512
+
+
+@user_facing
+def generate_image(prompt: str, seed=1234, guidance: float = 5, t2i_temperature: float = 1.0):
+    """The official Space's text to image: a gallery of 5 images at 768x768 (previews on the way)."""
+    if LIMITS.max_images < OFFICIAL_IMAGES:
+        raise InputError(f"/generate_image always draws {OFFICIAL_IMAGES} images, but this app draws at most "
+                         f"{LIMITS.max_images} per request; call /generate instead.")
+    check_number("guidance", guidance, *CFG_RANGE)  # in the caller's words, before image_request's
+    check_number("t2i_temperature", t2i_temperature, *TEMPERATURE_RANGE)
+    request = image_request(prompt, None, OFFICIAL_IMAGES, guidance, t2i_temperature, seed)
+    for gallery, _, _ in gallery_stream(request, scale=OFFICIAL_SCALE):
+        yield gallery
+
+
+def multimodal_understanding(image: str, question: str, seed=42, top_p: float = 0.95, temperature: float = 0.1):
+    """The official Space's understanding call: the answer (at most 512 new tokens) as one string."""
+    yield from api_understand(image, question, temperature, top_p, OFFICIAL_MAX_NEW_TOKENS, seed)

@@ -76,18 +76,23 @@ def build_demo(
                             draw_btn = gr.Button("Generate", variant="primary", elem_id="generate")
                             draw_stop = gr.Button("Stop", variant="stop", elem_id="draw-stop")
                         num_images = gr.Slider(1, max_images, value=min(4, max_images), step=1,
-                                               label="Parallel samples")
+                                               label="Parallel samples", elem_id="num-images")
                         cfg_scale = gr.Slider(*handlers.CFG_RANGE, value=5, step=0.5,
-                                              label="CFG scale (1 = off, twice as fast)")
+                                              label="CFG scale (1 = off, twice as fast)", elem_id="cfg-scale")
                         temperature = gr.Slider(*handlers.TEMPERATURE_RANGE, value=1, step=0.05,
-                                                label="Temperature (0 = greedy)")
+                                                label="Temperature (0 = greedy)", elem_id="temperature")
                         with gr.Row():
                             seed = gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed",
                                              elem_id="seed")
-                            randomize = gr.Checkbox(value=True, label="Random seed")
-                        with gr.Accordion("Advanced", open=False):
-                            negative = gr.Textbox(label="Negative prompt", lines=2,
+                            randomize = gr.Checkbox(value=True, label="Random seed", elem_id="random-seed")
+                        show_large = gr.Checkbox(value=False, elem_id="show-768",
+                                                 label="Show at 768 px (the 384 px images enlarged ×2, LANCZOS)")
+                        with gr.Accordion("Advanced", open=False, elem_id="draw-advanced"):
+                            negative = gr.Textbox(label="Negative prompt", lines=2, elem_id="negative",
                                                   placeholder="What the images should avoid (replaces the empty prompt CFG compares with)")
+                        redraw_file = gr.File(label="Drop one of our PNGs here: its settings come back",
+                                              file_types=["image"], height=120, elem_id="redraw-file")
+                        redraw_btn = gr.Button("Redraw alone", visible=False, elem_id="redraw")
                         gr.Examples(prompt_examples(), inputs=[prompt], label="Example prompts", cache_examples=False)
                     with gr.Column(scale=3):
                         status = gr.Markdown(elem_id="status")
@@ -96,15 +101,23 @@ def build_demo(
 
         # API-only endpoints: clients call these by name; they have no widgets of their own.
         # Inputs are plain numbers (no precision): Gradio's own int() would turn "abc" or NaN into
-        # a hidden error, while `handlers` refuses them, and 4.5 images, in words.
+        # a hidden error, while `handlers` refuses them, and 4.5 images, in words. An input's
+        # value is the parameter's default for clients.
         with gr.Column(visible=False):
             api_generate_btn, api_understand_btn = gr.Button(), gr.Button()
             api_generate_in = [gr.Textbox(label="prompt"), gr.Number(label="num_images"),
-                               gr.Number(label="cfg_scale"), gr.Number(label="temperature"), gr.Number(label="seed")]
+                               gr.Number(label="cfg_scale"), gr.Number(label="temperature"), gr.Number(label="seed"),
+                               gr.Textbox(label="negative_prompt")]
             api_generate_out = [gr.Gallery(label="images", format="png"), gr.Number(label="seed", precision=0)]
             api_understand_in = [gr.File(label="image"), gr.Textbox(label="question"), gr.Number(label="temperature"),
                                  gr.Number(label="top_p"), gr.Number(label="max_new_tokens"), gr.Number(label="seed")]
             api_understand_out = gr.Textbox(label="answer")
+            # The official Space's two calls (see handlers): its names, order and defaults.
+            official_generate_btn, official_understand_btn = gr.Button(), gr.Button()
+            official_generate_in = [gr.Textbox(label="prompt"), gr.Number(1234, label="seed"),
+                                    gr.Number(5, label="guidance"), gr.Number(1.0, label="t2i_temperature")]
+            official_understand_in = [gr.File(label="image"), gr.Textbox(label="question"), gr.Number(42, label="seed"),
+                                      gr.Number(0.95, label="top_p"), gr.Number(0.1, label="temperature")]
 
         # ----- chat wiring -----
         settings = [chat_temperature, chat_top_p, chat_max_tokens, chat_seed, chat_randomize]
@@ -122,14 +135,24 @@ def build_demo(
         # ----- draw wiring -----
         drawing = gr.on(
             [draw_btn.click, prompt.submit], handlers.draw,
-            [prompt, negative, num_images, cfg_scale, temperature, seed, randomize], [gallery, status, seed],
-            **draw_group, **PRIVATE,
+            [prompt, negative, num_images, cfg_scale, temperature, seed, randomize, show_large],
+            [gallery, status, seed], **draw_group, **PRIVATE,
         )
-        draw_stop.click(handlers.stopped, [status], [status], cancels=[drawing], queue=False, **PRIVATE)
+        redraw_file.upload(handlers.restore_settings, [redraw_file],
+                           [prompt, negative, num_images, cfg_scale, temperature, seed, randomize, show_large,
+                            redraw_btn, status], **PRIVATE)
+        redraw_file.clear(lambda: gr.Button(visible=False), None, [redraw_btn], queue=False, **PRIVATE)
+        redrawing = redraw_btn.click(handlers.redraw_alone, [redraw_file, show_large], [gallery, status],
+                                     **draw_group, **PRIVATE)
+        draw_stop.click(handlers.stopped, [status], [status], cancels=[drawing, redrawing], queue=False, **PRIVATE)
 
         # ----- public API -----
         api_generate_btn.click(handlers.api_generate, api_generate_in, api_generate_out, api_name="generate",
                                **draw_group)
         api_understand_btn.click(handlers.api_understand, api_understand_in, api_understand_out,
                                  api_name="understand", **gpu)
+        official_generate_btn.click(handlers.generate_image, official_generate_in, api_generate_out[0],
+                                    api_name="generate_image", **draw_group)
+        official_understand_btn.click(handlers.multimodal_understanding, official_understand_in, api_understand_out,
+                                      api_name="multimodal_understanding", **gpu)
     return demo

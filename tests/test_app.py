@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
 from PIL import Image
 
 from janus_demo.images import read_png_params
@@ -39,14 +40,27 @@ def test_serves_on_loopback_without_a_share_link(app):
     assert listening_addresses(app.port) == {"0100007F"}
 
 
-def test_only_the_two_named_endpoints_are_public(client):
+def test_only_the_named_endpoints_are_public(client):
     api = client.view_api(return_format="dict", print_info=False)
-    assert set(api["named_endpoints"]) == {"/generate", "/understand"}
+    assert set(api["named_endpoints"]) == {"/generate", "/understand", "/generate_image", "/multimodal_understanding"}
     assert not api["unnamed_endpoints"]
-    params = [p["parameter_name"] for p in api["named_endpoints"]["/generate"]["parameters"]]
-    assert params == ["prompt", "num_images", "cfg_scale", "temperature", "seed"]
-    params = [p["parameter_name"] for p in api["named_endpoints"]["/understand"]["parameters"]]
-    assert params == ["image", "question", "temperature", "top_p", "max_new_tokens", "seed"]
+
+    def signature(name):
+        parameters = api["named_endpoints"][name]["parameters"]
+        return [(p["parameter_name"], p["parameter_default"] if p["parameter_has_default"] else "required")
+                for p in parameters]
+
+    assert signature("/generate") == [("prompt", "required"), ("num_images", "required"), ("cfg_scale", "required"),
+                                      ("temperature", "required"), ("seed", None), ("negative_prompt", None)]
+    assert [name for name, _ in signature("/understand")] == [
+        "image", "question", "temperature", "top_p", "max_new_tokens", "seed"]
+    # The official Space's: names, order and defaults (demo/app_januspro.py), one output each.
+    assert signature("/generate_image") == [("prompt", "required"), ("seed", 1234), ("guidance", 5),
+                                            ("t2i_temperature", 1.0)]
+    assert signature("/multimodal_understanding") == [("image", "required"), ("question", "required"), ("seed", 42),
+                                                      ("top_p", 0.95), ("temperature", 0.1)]
+    for name in ("/generate_image", "/multimodal_understanding"):
+        assert len(api["named_endpoints"][name]["returns"]) == 1
 
 
 def test_generate_returns_pngs_with_parameters_and_the_seed(client):
@@ -93,3 +107,57 @@ def test_understand_seed_reproducibility(client):
     first = client.predict(seed=5, **ask)
     assert first == client.predict(seed=5, **ask)
     assert first != client.predict(seed=6, **ask)
+
+
+def test_generate_takes_a_negative_prompt_last(client, gallery_pixels):
+    ask = dict(prompt="a boat", num_images=1, cfg_scale=5, temperature=1, seed=3, api_name="/generate")
+    plain, _ = client.predict(**ask)
+    avoided, _ = client.predict(**ask, negative_prompt="fog, rain")
+    assert read_png_params(avoided[0]["image"])["negative_prompt"] == "fog, rain"
+    assert "negative_prompt" not in read_png_params(plain[0]["image"])
+    assert gallery_pixels(avoided) != gallery_pixels(plain)
+    positional, _ = client.predict("a boat", 1, 5, 1, 3, "fog, rain", api_name="/generate")
+    assert gallery_pixels(positional) == gallery_pixels(avoided)
+
+
+# ----- the official Space's API, called exactly as scripts written for it call it -------------
+def test_generate_image_as_the_official_space(client, gallery_pixels):
+    result = client.predict(prompt="a red cat", seed=1234, guidance=5, t2i_temperature=1.0,
+                            api_name="/generate_image")
+    assert isinstance(result, list) and len(result) == 5
+    with Image.open(result[0]["image"]) as first:
+        assert first.format == "PNG" and first.size == (768, 768)
+    params = read_png_params(result[4]["image"])
+    assert params["seed"] == 1234 and params["num_images"] == 5 and params["image_index"] == 4
+    assert params["model_output_px"] == 384 and params["display_scale"] == 2
+    assert params["display_resample"] == "LANCZOS"
+    positional = client.predict("a red cat", 1234, 5, 1.0, api_name="/generate_image")
+    assert gallery_pixels(positional) == gallery_pixels(result)  # reproducible per seed
+    assert len(set(gallery_pixels(result))) == 5  # five different images (seed + k each)
+
+
+def test_multimodal_understanding_as_the_official_space(client, engine):
+    answer = client.predict(image=handle_file(CHART), question="Which month sold most?", seed=42, top_p=0.95,
+                            temperature=0.1, api_name="/multimodal_understanding")
+    assert isinstance(answer, str) and answer
+    positional = client.predict(handle_file(CHART), "Which month sold most?", 42, 0.95, 0.1,
+                                api_name="/multimodal_understanding")
+    assert positional == answer
+    assert client.predict(image=handle_file(CHART), question="Which month sold most?",
+                          api_name="/multimodal_understanding") == answer  # the defaults are seed 42, 0.95, 0.1
+    greedy = client.predict(image=handle_file(CHART), question="Which month sold most?", seed=42, top_p=0.95,
+                            temperature=0, api_name="/multimodal_understanding")
+    messages = [{"role": "user", "content": [{"type": "image", "image": Image.open(CHART)},
+                                             {"type": "text", "text": "Which month sold most?"}]}]
+    assert greedy == "".join(engine.chat(messages, temperature=0, max_new_tokens=512))  # 512 new tokens at most
+
+
+def test_official_endpoints_refuse_bad_input_in_our_words(client):
+    with pytest.raises(AppError, match=r"^guidance must be a number from 1 to 10 \(got 50"):
+        client.predict(prompt="a cat", guidance=50, api_name="/generate_image")
+    with pytest.raises(AppError, match=r"^The prompt is empty"):
+        client.predict(prompt="  ", api_name="/generate_image")
+    with pytest.raises(AppError, match=r"^top_p must be a number above 0"):
+        client.predict(image=handle_file(CHART), question="q", top_p=0, api_name="/multimodal_understanding")
+    with pytest.raises(AppError, match=r"^Attach an image"):
+        client.predict(image=None, question="q", api_name="/multimodal_understanding")

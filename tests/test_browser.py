@@ -279,3 +279,51 @@ def test_stop_retry_and_clear_in_the_chat(app, browser, artifacts):
                            timeout=10_000)
 
     page.close()
+
+
+DROP = """([selector, name, b64]) => {
+  const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+  const files = new DataTransfer();
+  files.items.add(new File([bytes], name, {type: 'image/png'}));
+  const target = document.querySelector(selector);
+  for (const type of ['dragenter', 'dragover', 'drop']) {
+    target.dispatchEvent(new DragEvent(type, {bubbles: true, cancelable: true, dataTransfer: files}));
+  }
+}"""
+
+
+def test_dropping_a_png_on_the_draw_tab_restores_it_and_redraws_it_alone(page, engine, artifacts, tmp_path):
+    import base64
+    import urllib.request
+
+    from PIL import Image
+
+    # Settings where image #3 of the batch samples the same tokens as image 0 of seed + 2 drawn alone
+    # on tiny-random (with the inverse-CDF sampler a batch's rows can round differently; see test_cli).
+    batch = engine.generate_images("a red cat", num_images=3, cfg_scale=4.0, temperature=1.0, seed=11,
+                                   negative_prompt="blurry")
+    source = batch.save(tmp_path, scale=2)[2]  # image #3 of 3, saved at 768 px
+    page.get_by_role("tab", name="Draw").click()
+    page.locator("#prompt textarea").fill("something else")
+    page.evaluate(DROP, ["#redraw-file button", source.name, base64.b64encode(source.read_bytes()).decode()])
+    page.wait_for_function("() => document.querySelector('#prompt textarea').value === 'a red cat'",
+                           timeout=30_000)
+    page.locator("#draw-advanced").get_by_text("Advanced").click()  # the negative prompt lives in there
+    assert page.locator("#negative textarea").input_value() == "blurry"
+    assert float(page.locator("#cfg-scale input[type=number]").input_value()) == 4.0
+    assert float(page.locator("#temperature input[type=number]").input_value()) == 1.0
+    assert page.locator("#num-images input[type=number]").input_value() == "3"
+    assert page.locator("#seed input").input_value() == "11"
+    assert not page.locator("#random-seed input[type=checkbox]").is_checked()
+    assert page.locator("#show-768 input[type=checkbox]").is_checked()
+    assert "image #3 of 3 (seed 11) restored" in page.locator("#status").inner_text()
+    page.screenshot(path=str(artifacts / "draw-restored.png"), full_page=True)
+
+    page.locator("#redraw").get_by_text("Redraw #3 alone").click()  # seed 11 + 2, one image
+    page.wait_for_function(GALLERY_LOADED, arg="janus_13_0", timeout=600_000)
+    assert page.locator("#gallery img").count() == 1
+    page.screenshot(path=str(artifacts / "draw-redrawn.png"), full_page=True)
+    redrawn = tmp_path / "redrawn.png"
+    redrawn.write_bytes(urllib.request.urlopen(page.locator("#gallery img").first.get_attribute("src")).read())
+    with Image.open(source) as original, Image.open(redrawn) as again:
+        assert again.size == (768, 768) and again.tobytes() == original.tobytes()

@@ -268,20 +268,20 @@ def test_cancel_stops_within_one_step_and_frees_the_cache(engine, monkeypatch):
     assert caches and all(ref() is None for ref in caches)
 
 
-def test_cancel_during_the_final_decode_stops_before_the_next_batch(engine, monkeypatch):
+def test_cancel_during_the_final_decode_stops_before_the_next_image(engine, monkeypatch):
     stop = threading.Event()
     original = engine.model.decode_image_tokens
     calls = []
 
     def decode_then_stop(tokens):
         calls.append(len(tokens))
-        stop.set()  # Stop pressed while the first batch of images is being decoded
+        stop.set()  # Stop pressed while the first image is being decoded
         return original(tokens)
 
     monkeypatch.setattr(engine.model, "decode_image_tokens", decode_then_stop)
     with pytest.raises(Cancelled):
         engine.generate_images("a dragon", num_images=8, seed=1, cancel=stop)
-    assert calls == [4], "the second batch of 4 images was not decoded"
+    assert calls == [1], "the other 7 images were not decoded"
 
 
 def test_cancel_accepts_a_callable(engine):

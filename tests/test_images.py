@@ -107,3 +107,20 @@ def test_png_parameters_round_trip(tmp_path):
     assert read_png_params(path) == {"prompt": "ünïcode ✓ prompt", "seed": 5, "cfg_scale": 5.0}
     with Image.open(path) as image:
         assert image.text["prompt"] == "ünïcode ✓ prompt" and image.text["seed"] == "5"
+
+
+def test_enlarged_pngs_say_how_they_were_enlarged(tmp_path):
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (384, 384, 3), dtype=np.uint8))
+    path = save_png(image, tmp_path / "big.png", {"seed": 5}, scale=2)
+    with Image.open(path) as big:
+        assert big.size == (768, 768)
+        assert big.tobytes() == image.resize((768, 768), Image.Resampling.LANCZOS).tobytes()
+    assert read_png_params(path) == {"seed": 5, "model_output_px": 384, "display_scale": 2,
+                                     "display_resample": "LANCZOS"}
+    assert "display_scale" not in read_png_params(save_png(image, tmp_path / "small.png", {"seed": 5}))
+
+
+def test_files_without_our_parameters_have_none(tmp_path):
+    Image.new("RGB", (8, 8)).save(tmp_path / "plain.png")
+    Image.new("RGB", (8, 8)).save(tmp_path / "photo.jpg")
+    assert read_png_params(tmp_path / "plain.png") == {} and read_png_params(tmp_path / "photo.jpg") == {}
