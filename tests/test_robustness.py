@@ -103,7 +103,9 @@ def test_on_zerogpu_drawing_stops_before_the_gpu_lease_ends(engine, monkeypatch)
     with pytest.raises(TimedOut, match="past the 1 s time limit"):
         for _ in gpu_tasks.draw(ImageRequest("a cat", num_images=8), 900):
             pass
-    assert time.monotonic() - started < 2.5
+    # The contract, not a speed: the call ends inside the lease it asked for (no slack for how
+    # fast this machine runs a step beyond what ZEROGPU_MARGIN_S leaves).
+    assert time.monotonic() - started < gpu_tasks.ZEROGPU_MARGIN_S + 1
     assert gpu_tasks.time_limit(60, 900) == 60 - gpu_tasks.ZEROGPU_MARGIN_S
     monkeypatch.setattr(gpu_tasks, "on_zerogpu", lambda: False)
     assert gpu_tasks.time_limit(60, 900) == 900  # elsewhere the app's own limit holds
