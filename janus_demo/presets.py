@@ -18,7 +18,7 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -130,18 +130,14 @@ _REAL_SIZE = dict(
     real_vocab=True,
     on_disk=False,
 )
+_TINY = Preset(
+    text=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4),
+    vision=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2),
+    vq=dict(base_channels=32, channel_multiplier=[1, 1, 1, 1, 1], num_res_blocks=0, latent_channels=32),
+)
 PRESETS: dict[str, Preset] = {
-    "tiny": Preset(
-        text=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4),
-        vision=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2),
-        vq=dict(base_channels=32, channel_multiplier=[1, 1, 1, 1, 1], num_res_blocks=0, latent_channels=32),
-    ),
-    "lively": Preset(
-        text=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4),
-        vision=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2),
-        vq=dict(base_channels=32, channel_multiplier=[1, 1, 1, 1, 1], num_res_blocks=0, latent_channels=32),
-        weight_scale=8.0,
-    ),
+    "tiny": _TINY,
+    "lively": replace(_TINY, weight_scale=8.0),  # peaked logits, like a trained model's
     "small": Preset(
         text=dict(hidden_size=512, intermediate_size=1376, num_hidden_layers=4, num_attention_heads=8),
         vision=dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4),
