@@ -6,9 +6,9 @@ that are waiting when a loop starts, and that sample alike (same CFG scale, temp
 top-k, top-p), are decoded together and each gets its own progress, previews and images.
 Per-image seeds make each user's images those of a loop of their own; when prompts differ
 in token length the shorter ones are left-padded, and attention over the padded cache may
-round differently: that can flip a draw, and the image goes its own way from there
-(measured: 78% of tokens equal on the tiny model). So it is opt-in (`app.py --batch-users`),
-meant for dedicated hosts that value throughput over reproducing seeds; on ZeroGPU
+round differently. The Gumbel-max draw (sampling.py) flips a pick on that only at a near-tie
+(none in the README's reproducibility run; the old inverse-CDF draw kept 78% of tokens). It is
+opt-in (`app.py --batch-users`), meant for dedicated hosts that want throughput; on ZeroGPU
 every request runs in its own GPU worker anyway.
 """
 
@@ -175,7 +175,7 @@ class SharedDecoder:
         for job, part in zip(cohort, slices):
             if job.stopped():
                 continue
-            try:  # cancellable between decode batches, one image at a time if memory runs short
+            try:  # cancellable between images
                 images = self.generator.decode(part.tokens, is_cancelled=job.stopped)
             except Cancelled as stopped:
                 job.events.put(stopped)
