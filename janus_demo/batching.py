@@ -173,9 +173,9 @@ class SharedDecoder:
                 elif not job.stopped():
                     job.events.put(Progress(done, self.generator.num_tokens, previews and previews[index]))
         for job, part in zip(cohort, slices):
-            if job.stopped():
+            if job.gone.is_set():  # told already, or nobody is listening
                 continue
-            try:  # cancellable between images
+            try:  # a job stopped by now (even during another's decode) hears Cancelled before any work
                 images = self.generator.decode(part.tokens, is_cancelled=job.stopped)
             except Cancelled as stopped:
                 job.events.put(stopped)

@@ -163,7 +163,7 @@ def test_a_stop_during_the_shared_final_decode_stops_that_request_before_its_nex
     def decode_then_stop(tokens):
         calls.append(len(tokens))
         if len(calls) == 1:
-            stop.set()  # the first user presses Stop while their first image is decoded
+            stop.set()  # the first user presses Stop during the first decode (theirs or the other's)
         return original(tokens)
 
     monkeypatch.setattr(engine.model, "decode_image_tokens", decode_then_stop)
@@ -172,9 +172,10 @@ def test_a_stop_during_the_shared_final_decode_stops_that_request_before_its_nex
     events, errors = run_together(shared, requests, cancel={0: stop})
     assert len(shared.loops) == 1 and len(shared.loops[0]) == 2  # decoded together
     assert isinstance(errors[0], Cancelled)
-    # The VQ decoder takes one image at a time (generation.DECODE_BATCH): the first user's other
-    # 4 images are never decoded; the second user's image is.
-    assert calls == [1, 1], "the first user's next images were not decoded; the second user's image was"
+    # The VQ decoder takes one image at a time (generation.DECODE_BATCH). Whichever request is
+    # decoded first, at most one of the first user's 5 images is decoded after the Stop; the
+    # second user's image is, and the first user hears Cancelled (no wait for a result).
+    assert calls in ([1, 1], [1]), f"decoded after the Stop: {calls}"
     assert errors[1] is None and len(events[1][-1].images) == 1
 
 
