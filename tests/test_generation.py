@@ -252,12 +252,12 @@ def test_images_are_384_rgb_and_decoded_like_the_original(engine):
     result = engine.generate_images("a horse", num_images=2, seed=6)
     assert [im.size for im in result.images] == [(384, 384)] * 2
     assert all(im.mode == "RGB" for im in result.images)
-    with torch.inference_mode():
-        decoded = engine.model.decode_image_tokens(result.tokens).float().numpy()
+    with torch.inference_mode():  # image 1 decoded by itself, as the engine does (the decoder rounds per batch size)
+        decoded = engine.model.decode_image_tokens(result.tokens[1:2]).float().numpy()
     import numpy as np
 
     expected = np.clip((decoded + 1) / 2 * 255, 0, 255).astype(np.uint8)
-    assert np.array_equal(np.asarray(result.images[1]), expected[1])
+    assert np.array_equal(np.asarray(result.images[1]), expected[0])
 
 
 def test_cancel_stops_within_one_step_and_frees_the_cache(engine, monkeypatch):
