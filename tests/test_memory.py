@@ -64,6 +64,7 @@ MEASURE = textwrap.dedent(
     """
     import ctypes, gc, sys, torch
     from janus_demo import ImageRequest, load_engine
+    from janus_demo.generation import DECODE_BATCH
     from janus_demo.memory import request_memory
 
     def status(key):
@@ -80,7 +81,7 @@ MEASURE = textwrap.dedent(
     measured = status("VmHWM:") - base
     prompt = engine.generator.rows(ImageRequest("a cat on a chair", num_images=1), 1)[0].shape[1]
     estimate = request_memory(engine.model.config, images=n, cfg=True, prompt_tokens=prompt,
-                              llm_dtype=torch.float32, vq_dtype=torch.float32, decode_batch=min(n, 4)).peak
+                              llm_dtype=torch.float32, vq_dtype=torch.float32, decode_batch=min(n, DECODE_BATCH)).peak
     print(measured, estimate)
     """
 )
@@ -96,7 +97,10 @@ def test_estimate_bounds_the_measured_peak_on_cpu(arch, images, artifacts):
     with (artifacts / "memory-estimate.txt").open("a") as log:
         log.write(f"{arch} x{images}: measured peak {measured / 2**20:.0f} MB, estimate {estimate / 2**20:.0f} MB\n")
     assert measured <= estimate * SAFETY, "the plan would run out of memory"
-    assert estimate <= 3 * measured, "the plan would split far more than needed"
+    # Tightness, with 64 MB of slack: for a 1-image tiny request the whole peak is 79-224 MB
+    # depending on the machine (allocator arenas, thread pools), so a pure ratio measured the CPU,
+    # not the estimate; at real sizes the slack is noise and the 3x ratio is what binds.
+    assert estimate <= 3 * measured + 64 * 2**20, "the plan would split far more than needed"
 
 
 def squeeze_memory(monkeypatch, engine, images_per_chunk: int, prompt: str) -> None:
