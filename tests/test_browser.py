@@ -242,8 +242,10 @@ def test_stop_in_the_draw_tab_stops_the_model_and_says_where(serve, browser, ste
         page.close()
     assert after <= STEPS_AFTER_STOP, f"{after} steps began after Stop was clicked"
     shown = int(re.search(r"the last step shown was (\d+) / 576", status).group(1))
-    # The status is refreshed every 0.25 s, within one slowed step: it lags the model by one step at most.
-    assert at_click - 1 <= shown <= steps.count, (status, at_click, steps.count)
+    # It names a step the page really showed: one the model had reached. How far the page lags
+    # the model (refresh every 0.25 s, then the network and the browser) is a timing race, not a
+    # property: one run here showed step 3 while the model was at step 5.
+    assert 1 <= shown <= steps.count, (status, at_click, steps.count)
 
 
 def test_stop_retry_and_clear_in_the_chat(app, browser, artifacts):
