@@ -164,10 +164,10 @@ def raw_call(url: str, endpoint: str, body: str) -> str:
 @pytest.mark.parametrize(
     ("case", "body", "fragment"),
     [
-        ("NaN images", '["a cat", NaN, 5, 1, 1]', "num_images must be a whole number from 1 to 16 (got nan)"),
-        ("Infinity images", '["a cat", Infinity, 5, 1, 1]', "num_images must be a whole number from 1 to 16 (got inf)"),
-        ("NaN CFG", '["a cat", 1, NaN, 1, 1]', "cfg_scale must be a number from 1 to 10 (got nan)"),
-        ("a list for the seed", '["a cat", 1, 5, 1, [1]]', "seed must be a whole number"),
+        ("NaN images", '["a cat", NaN, 5, 1, 1, null]', "num_images must be a whole number from 1 to 16 (got nan)"),
+        ("Infinity images", '["a cat", Infinity, 5, 1, 1, null]', "num_images must be a whole number from 1 to 16 (got inf)"),
+        ("NaN CFG", '["a cat", 1, NaN, 1, 1, null]', "cfg_scale must be a number from 1 to 10 (got nan)"),
+        ("a list for the seed", '["a cat", 1, 5, 1, [1], null]', "seed must be a whole number"),
     ],
 )
 def test_values_json_clients_can_send_are_refused_in_words(app, case, body, fragment):
