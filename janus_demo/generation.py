@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .cancellation import CancelCheck, as_cancel_check
-from .errors import Cancelled, OutOfMemory
+from .errors import Cancelled, InputError, OutOfMemory
 from .images import NEUTRAL_GRAY, decoded_to_images, save_png
 from .memory import RESERVE_BYTES, SAFETY, free_bytes, is_out_of_memory, plan_chunks, release_memory, request_memory
 from .prompts import control_tokens, neutralize
@@ -44,12 +44,16 @@ DECODE_BATCH = 1
 
 @dataclass(frozen=True)
 class ImageRequest:
-    """One text-to-image request; checks its own values so no caller can skip validation."""
+    """One text-to-image request; checks its own values so no caller can skip validation.
+
+    `cfg_scale` and `temperature` are one number for every image, or a list of one per image
+    (a compare grid): all images still decode in one loop, image i as seed + i with its own
+    settings, the same image it would be drawn alone."""
 
     prompt: str
     num_images: int = 4
-    cfg_scale: float = 5.0
-    temperature: float = 1.0
+    cfg_scale: float | tuple[float, ...] = 5.0
+    temperature: float | tuple[float, ...] = 1.0
     top_k: int | None = None
     top_p: float | None = None
     seed: int | None = None
@@ -57,17 +61,19 @@ class ImageRequest:
 
     @property
     def sampling(self) -> tuple:
-        """Requests with equal sampling settings can share one decoding loop."""
-        return (self.uses_cfg, self.cfg_scale, self.temperature, self.top_k, self.top_p)
+        """Requests that agree on this can share one decoding loop (CFG and temperature are per
+        image; whether CFG is on at all decides the memory estimate, so it must agree)."""
+        return (self.uses_cfg, self.top_k, self.top_p)
 
     def __post_init__(self) -> None:
+        n = check_int("num_images", self.num_images, 1, MAX_IMAGES)
         checked = {
             "prompt": check_text("prompt", self.prompt, MAX_PROMPT_CHARS),
             "negative_prompt": check_text("negative prompt", self.negative_prompt, MAX_PROMPT_CHARS, required=False)
             or None,
-            "num_images": check_int("num_images", self.num_images, 1, MAX_IMAGES),
-            "cfg_scale": check_number("cfg_scale", self.cfg_scale, 0.0, 100.0),
-            "temperature": check_number("temperature", self.temperature, 0.0, 100.0),
+            "num_images": n,
+            "cfg_scale": _per_image("cfg_scale", self.cfg_scale, n, 0.0, 100.0),
+            "temperature": _per_image("temperature", self.temperature, n, 0.0, 100.0),
             "top_k": None if self.top_k is None else check_int("top_k", self.top_k, 1),
             "top_p": None if self.top_p is None else check_number("top_p", self.top_p, 0.0, 1.0, low_open=True),
             "seed": None if self.seed is None else check_int("seed", self.seed, 0, MAX_SEED),
@@ -76,12 +82,38 @@ class ImageRequest:
             object.__setattr__(self, name, value)  # store the normalised value (4.0 -> 4)
 
     @property
+    def cfg_scales(self) -> tuple[float, ...]:
+        """The CFG scale of each image."""
+        return self.cfg_scale if isinstance(self.cfg_scale, tuple) else (self.cfg_scale,) * self.num_images
+
+    @property
+    def temperatures(self) -> tuple[float, ...]:
+        """The temperature of each image."""
+        return self.temperature if isinstance(self.temperature, tuple) else (self.temperature,) * self.num_images
+
+    @property
     def uses_cfg(self) -> bool:
-        return self.cfg_scale != 1
+        """Whether any image needs an unconditional row (CFG scale 1 needs none)."""
+        return any(scale != 1 for scale in self.cfg_scales)
 
     def with_seed(self) -> ImageRequest:
         """This request, with a random seed drawn if it has none (so the seed can be reported)."""
         return self if self.seed is not None else replace(self, seed=secrets.randbelow(MAX_SEED + 1))
+
+    def image(self, index: int) -> ImageRequest:
+        """Image `index` as a request of its own: seed + index, one image, its own settings. It
+        draws the same image (each image has its own noise, and decodes alone)."""
+        return replace(self, seed=None if self.seed is None else self.seed + index, num_images=1,
+                       cfg_scale=self.cfg_scales[index], temperature=self.temperatures[index])
+
+
+def _per_image(name: str, value, count: int, low: float, high: float) -> float | tuple[float, ...]:
+    """One number, or a list of exactly `count` numbers (kept as a tuple), each within [low, high]."""
+    if not isinstance(value, (list, tuple)):
+        return check_number(name, value, low, high)
+    if len(value) != count:
+        raise InputError(f"{name} has {len(value)} values for {count} images; give one number, or one per image.")
+    return tuple(check_number(name, v, low, high) for v in value)
 
 
 @dataclass
@@ -104,6 +136,14 @@ class Slice:
     first: int
     count: int
     tokens: torch.Tensor | None = None
+
+    @property
+    def cfg_scales(self) -> tuple[float, ...]:
+        return self.request.cfg_scales[self.first : self.first + self.count]
+
+    @property
+    def temperatures(self) -> tuple[float, ...]:
+        return self.request.temperatures[self.first : self.first + self.count]
 
 
 class PreviewBudget:
@@ -180,8 +220,8 @@ class ImageGenerator:
         ids, mask = self.rows(ImageRequest("a probe", num_images=1), 1)
 
         def run(use_cuda_graph: bool) -> tuple[torch.Tensor, bool]:
-            loop = TokenLoop(self.model, ids, mask, keys=image_keys(0, 0, 1).to(self.device), cfg_scale=5.0,
-                             temperature=0.0, top_k=None, top_p=None, num_tokens=steps, fixed_shapes=True)
+            loop = TokenLoop(self.model, ids, mask, keys=image_keys(0, 0, 1).to(self.device), cfg_scales=[5.0],
+                             temperatures=[0.0], top_k=None, top_p=None, num_tokens=steps, fixed_shapes=True)
             for _ in loop.steps(use_cuda_graph=use_cuda_graph):
                 pass
             loop.release()
@@ -221,13 +261,15 @@ class ImageGenerator:
         return self.slice_rows([Slice(request, seed=0, first=0, count=count)])
 
     def slice_rows(self, slices: list[Slice]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rows for several slices in one loop: every conditional row first, then every unconditional one."""
+        """Rows for several slices in one loop: every conditional row first, then an unconditional
+        row for each image whose CFG scale is not 1, in the same order."""
         cond, uncond = [], []
         for part in slices:
             prompt = self.prompt_ids(part.request.prompt)
             cond += [prompt] * part.count
             if part.request.uses_cfg:
-                uncond += [self.unconditional_ids(prompt, part.request.negative_prompt)] * part.count
+                negative = self.unconditional_ids(prompt, part.request.negative_prompt)
+                uncond += [negative for scale in part.cfg_scales if scale != 1]
         sequences = cond + uncond
         length = max(len(s) for s in sequences)
         ids = torch.full((len(sequences), length), self.pad_id, dtype=torch.long)
@@ -252,8 +294,21 @@ class ImageGenerator:
         tokens, so they cost the same small fraction on a laptop CPU and on an H100.
         Running out of memory raises `OutOfMemory` once everything has been released.
         """
+        for event in self.stream_many([request], cancel=cancel, preview_budget=preview_budget):
+            yield event[0] if isinstance(event, list) else event
+
+    def stream_many(
+        self,
+        requests: list[ImageRequest],
+        *,
+        cancel: CancelCheck = None,
+        preview_budget: float = 0.05,
+    ) -> Iterator[Progress | list[GenerationResult]]:
+        """Every image of several requests (a compare grid's cells) in one loop, as `stream` does
+        for one: `Progress` events whose previews list all images in order, then one
+        `GenerationResult` per request. Each image is the one its request draws alone."""
         try:
-            yield from self._stream(request, cancel, preview_budget)
+            yield from self._stream([request.with_seed() for request in requests], cancel, preview_budget)
             return
         except Cancelled:
             release_memory(self.device)
@@ -281,14 +336,16 @@ class ImageGenerator:
 
     @torch.inference_mode()
     def decode_slices(self, slices: list[Slice], *, is_cancelled, budget: PreviewBudget) -> Iterator[tuple]:
-        """One decoding loop for all `slices` (same sampling settings). Yields (steps done, per-slice
-        previews or None) and, when all 576 steps are done, sets each slice's `tokens`."""
+        """One decoding loop for all `slices` (the same top-k / top-p; CFG scale and temperature
+        per image). Yields (steps done, per-slice previews or None) and, when all 576 steps are
+        done, sets each slice's `tokens`."""
         ids, mask = self.slice_rows(slices)
         keys = torch.cat([image_keys(part.seed, part.first, part.count) for part in slices])
         request = slices[0].request
         loop = TokenLoop(self.model, ids, mask, keys=keys.to(self.device),
-                         cfg_scale=request.cfg_scale, temperature=request.temperature, top_k=request.top_k,
-                         top_p=request.top_p, num_tokens=self.num_tokens)
+                         cfg_scales=[scale for part in slices for scale in part.cfg_scales],
+                         temperatures=[t for part in slices for t in part.temperatures],
+                         top_k=request.top_k, top_p=request.top_p, num_tokens=self.num_tokens)
         counts = [part.count for part in slices]
         steps = loop.steps(use_cuda_graph=cuda_graphs_wanted(self.device))
         done = 0
@@ -314,14 +371,15 @@ class ImageGenerator:
         for part, part_tokens in zip(slices, tokens.split(counts)):
             part.tokens = part_tokens
 
-    def _stream(self, request: ImageRequest, cancel: CancelCheck, preview_budget: float):
-        """Chunks that fit in memory, one after the other. Should one run out of memory anyway
-        (the estimate is only an estimate), the rest are redone in halves: per-image seeds keep
-        them the same images."""
+    def _stream(self, requests: list[ImageRequest], cancel: CancelCheck, preview_budget: float):
+        """Chunks of images that fit in memory, one after the other. Should one run out of memory
+        anyway (the estimate is only an estimate), the rest are redone in halves: per-image seeds
+        keep them the same images."""
         is_cancelled = as_cancel_check(cancel)
-        request = request.with_seed()
-        seed, n = request.seed, request.num_images
-        fits = self.images_that_fit(request, self.prompt_tokens(request))
+        images = [(request, index) for request in requests for index in range(request.num_images)]
+        n = len(images)
+        guided = next((request for request in requests if request.uses_cfg), requests[0])
+        fits = self.images_that_fit(guided, max(self.prompt_tokens(request) for request in requests), most=n)
         budget = PreviewBudget(preview_budget)
         finished: list[Image.Image] = []
         finished_tokens: list[torch.Tensor] = []
@@ -334,20 +392,21 @@ class ImageGenerator:
                         f"{len(chunks)} batches; they are the same images as in one batch.")
             count = chunks[0]
             total = self.num_tokens * (chunks_done + len(chunks))
-            part = Slice(request, seed, first=len(finished), count=count)
+            parts = _slices(images[len(finished) : len(finished) + count])
             try:
-                for done, previews in self.decode_slices([part], is_cancelled=is_cancelled, budget=budget):
+                for done, previews in self.decode_slices(parts, is_cancelled=is_cancelled, budget=budget):
                     preview = None
                     if previews is not None:
                         waiting = [self.blank(previews[0][0].width)] * (n - len(finished) - count)
-                        preview = finished + previews[0] + waiting
+                        preview = finished + [image for part in previews for image in part] + waiting
                     yield Progress(chunks_done * self.num_tokens + done, total, preview, note)
             except Exception as exc:
                 if count == 1 or not is_out_of_memory(exc):
                     raise
             else:
-                finished += self.decode(part.tokens, is_cancelled=is_cancelled)
-                finished_tokens.append(part.tokens.cpu())
+                tokens = torch.cat([part.tokens for part in parts])
+                finished += self.decode(tokens, is_cancelled=is_cancelled)
+                finished_tokens.append(tokens.cpu())
                 chunks_done += 1
                 continue
             release_memory(self.device)  # outside the handler: the traceback no longer pins tensors
@@ -355,8 +414,12 @@ class ImageGenerator:
             note = (f"Memory ran short, so the remaining images are drawn {fits} at a time; "
                     "they are the same images as in one batch.")
             logger.warning("out of memory at %d images at once; going on with %d", count, fits)
-        yield GenerationResult(images=finished, tokens=torch.cat(finished_tokens), seed=seed,
-                               params=self.params(request, seed))
+        counts = [request.num_images for request in requests]
+        yield [
+            GenerationResult(images=finished[sum(counts[:i]) : sum(counts[: i + 1])], tokens=tokens,
+                             seed=request.seed, params=self.params(request, request.seed))
+            for i, (request, tokens) in enumerate(zip(requests, torch.cat(finished_tokens).split(counts)))
+        ]
 
     @torch.inference_mode()
     def decode(self, tokens: torch.Tensor, *, is_cancelled=lambda: False) -> list[Image.Image]:
@@ -393,3 +456,15 @@ class ImageGenerator:
             "seed": seed,
             "model": self.model_name,
         }
+
+
+def _slices(images: list[tuple[ImageRequest, int]]) -> list[Slice]:
+    """(request, image index) pairs as slices: consecutive images of one request form one."""
+    parts: list[Slice] = []
+    for request, index in images:
+        last = parts[-1] if parts else None
+        if last is not None and last.request is request and last.first + last.count == index:
+            last.count += 1
+        else:
+            parts.append(Slice(request, request.seed, first=index, count=1))
+    return parts

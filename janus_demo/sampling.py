@@ -69,18 +69,23 @@ def choose_tokens(
     keys: torch.Tensor,
     step: torch.Tensor | int,
     *,
-    temperature: float,
+    temperature: float | torch.Tensor,
     top_k: int | None = None,
     top_p: float | None = None,
 ) -> torch.Tensor:
-    """Pick one token per row: argmax when `temperature == 0`, else Gumbel-max with hashed noise.
+    """Pick one token per row: argmax where the temperature is 0, else Gumbel-max with hashed noise.
 
     `logits` is (rows, vocab); `keys` is (rows,) int64: row r samples softmax(logits[r] / T),
-    restricted to its top-k / nucleus, with noise keyed by (keys[r], step). Scores are float32
-    whatever the model dtype.
+    restricted to its top-k / nucleus, with noise keyed by (keys[r], step). `temperature` is one
+    number, or a (rows,) float32 tensor of one per row (a row's pick depends only on its own).
+    Scores are float32 whatever the model dtype.
     """
-    if temperature == 0:
-        return logits.argmax(dim=-1)
+    if not torch.is_tensor(temperature):
+        if temperature == 0:
+            return logits.argmax(dim=-1)
+        temperature = torch.full((logits.shape[0],), float(temperature), device=logits.device)
+    greedy = temperature == 0
+    temperature = torch.where(greedy, 1.0, temperature).unsqueeze(-1)
     logits = logits.float()
     scaled = logits / temperature
     # A tiny temperature (1e-40) overflows to +inf, where every overflowing token would tie:
@@ -89,7 +94,8 @@ def choose_tokens(
     shifted = (logits - logits.amax(dim=-1, keepdim=True)) / temperature
     scaled = torch.where(scaled.isposinf().any(dim=-1, keepdim=True), shifted, scaled)
     scaled = filter_logits(scaled, top_k, top_p)
-    return (scaled + gumbel_noise(keys, step, logits.shape[-1])).argmax(dim=-1)
+    sampled = (scaled + gumbel_noise(keys, step, logits.shape[-1])).argmax(dim=-1)
+    return torch.where(greedy, logits.argmax(dim=-1), sampled)
 
 
 def image_keys(seed: int, first: int, count: int) -> torch.Tensor:

@@ -18,7 +18,7 @@ import inspect
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from transformers import Cache, StaticCache
@@ -98,17 +98,27 @@ class TokenLoop:
     `fixed_shapes` (default: on CUDA) keeps every step's shapes identical, as CUDA graphs need;
     without it attention covers only the filled part of the cache."""
 
-    def __init__(self, model, ids: torch.Tensor, mask: torch.Tensor, *, keys: torch.Tensor, cfg_scale: float,
-                 temperature: float, top_k: int | None, top_p: float | None, num_tokens: int,
-                 fixed_shapes: bool | None = None) -> None:
+    def __init__(self, model, ids: torch.Tensor, mask: torch.Tensor, *, keys: torch.Tensor,
+                 cfg_scales: Sequence[float], temperatures: Sequence[float], top_k: int | None, top_p: float | None,
+                 num_tokens: int, fixed_shapes: bool | None = None) -> None:
         self.model = model
         self.num_images = keys.shape[0]
         self.rows, self.length = ids.shape
-        self.cfg_scale = cfg_scale
-        self.sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p}
         self.num_tokens = num_tokens
         self.ids, self.prompt_mask = ids, mask
         device = ids.device
+        # Per-image settings as tensors, also when they are all equal: every image then goes through
+        # the same kernels whatever its neighbours' settings, so it is the image it would be alone.
+        guided = [i for i, scale in enumerate(cfg_scales) if scale != 1]  # images with an unconditional row
+        if len(cfg_scales) != self.num_images or self.rows != self.num_images + len(guided):
+            raise ValueError("expected a conditional row per image and an unconditional row per CFG scale != 1")
+        self.guided = torch.tensor(guided, dtype=torch.long, device=device)
+        self.all_guided = len(guided) == self.num_images
+        self.cfg = torch.tensor([cfg_scales[i] for i in guided], dtype=torch.float32, device=device).unsqueeze(1)
+        self.row_image = torch.cat([torch.arange(self.num_images, device=device), self.guided])  # image of each row
+        # All greedy: a plain argmax, no noise to compute. Otherwise one temperature per row (0 = greedy).
+        temperature = 0.0 if not any(temperatures) else torch.tensor(temperatures, dtype=torch.float32, device=device)
+        self.sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p}
         max_len = self.length + num_tokens
         self.fixed_shapes = device.type == "cuda" if fixed_shapes is None else fixed_shapes
         config = model.config.get_text_config(decoder=True)
@@ -133,12 +143,16 @@ class TokenLoop:
         """From the last hidden states: CFG, choose, record the token, prepare the next step."""
         logits = self.model.model.generation_head(hidden).float()  # CFG in bf16 would amplify rounding 5x
         n = self.num_images
-        if self.rows > n:  # conditional rows first, unconditional rows after
+        if self.rows > n:  # conditional rows first, then the unconditional rows of the guided images
             cond, uncond = logits[:n], logits[n:]
-            logits = uncond + (cond - uncond) * self.cfg_scale
+            if self.all_guided:
+                logits = uncond + (cond - uncond) * self.cfg
+            else:
+                guided = uncond + (cond.index_select(0, self.guided) - uncond) * self.cfg
+                logits = cond.index_copy(0, self.guided, guided)
         picked = choose_tokens(logits, self.keys, self.step, **self.sampling)
         self.tokens.index_copy_(1, self.step, picked.unsqueeze(1))
-        next_embeds = self.model.prepare_embeddings_for_image_generation(picked.repeat(self.rows // n).unsqueeze(-1))
+        next_embeds = self.model.prepare_embeddings_for_image_generation(picked[self.row_image].unsqueeze(-1))
         if self.embeds is None:
             self.embeds = next_embeds
         else:

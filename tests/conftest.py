@@ -41,6 +41,22 @@ def lively_engine():
     return load_engine("random:lively", device="cpu")
 
 
+@pytest.fixture
+def loop_rows(monkeypatch) -> list[int]:
+    """The number of rows (conditional + unconditional) of every image decoding loop started."""
+    from janus_demo import token_loop
+
+    rows: list[int] = []
+    original = token_loop.TokenLoop.__init__
+
+    def init(self, model, ids, *args, **kwargs):
+        rows.append(ids.shape[0])
+        original(self, model, ids, *args, **kwargs)
+
+    monkeypatch.setattr(token_loop.TokenLoop, "__init__", init)
+    return rows
+
+
 @pytest.fixture(scope="session")
 def artifacts() -> Path:
     ARTIFACTS.mkdir(exist_ok=True)

@@ -92,11 +92,25 @@ def test_prompts_of_different_lengths_share_too_and_each_gets_its_own_result(eng
         assert result.tokens.shape == (2, 576)
 
 
-def test_different_sampling_settings_do_not_share(engine, shared):
-    requests = [ImageRequest("a cat", num_images=1, seed=1), ImageRequest("a dog", num_images=1, seed=2, cfg_scale=3)]
+def test_other_cfg_scales_and_temperatures_share_a_loop_and_keep_their_images(engine, shared):
+    """CFG scale and temperature are per image inside the loop, so they do not split users."""
+    requests = [ImageRequest(SAME_LENGTH[0], num_images=1, seed=1),
+                ImageRequest(SAME_LENGTH[1], num_images=2, seed=2, cfg_scale=3, temperature=0.5)]
+    events, errors = run_together(shared, requests)
+    assert errors == [None, None] and len(shared.loops) == 1 and len(shared.loops[0]) == 2
+    for request, own in zip(requests, events):
+        alone = engine.generate_images(request.prompt, num_images=request.num_images, seed=request.seed,
+                                       cfg_scale=request.cfg_scale, temperature=request.temperature)
+        assert torch.equal(own[-1].tokens, alone.tokens), "the same images as a loop of its own"
+
+
+def test_cfg_on_and_off_or_other_top_k_do_not_share(engine, shared):
+    """CFG off has no unconditional rows (the memory estimate differs); top-k filters every row alike."""
+    requests = [ImageRequest("a cat", num_images=1, seed=1), ImageRequest("a dog", num_images=1, seed=2, cfg_scale=1),
+                ImageRequest("a cow", num_images=1, seed=3, top_k=50)]
     _, errors = run_together(shared, requests)
-    assert errors == [None, None]
-    assert sorted(len(loop) for loop in shared.loops) == [1, 1]
+    assert errors == [None, None, None]
+    assert sorted(len(loop) for loop in shared.loops) == [1, 1, 1]
 
 
 def test_one_user_cancelling_does_not_stop_the_others(engine, shared):

@@ -358,7 +358,7 @@ def test_decode_step_only_updates_its_buffers_in_place(engine):
     from janus_demo.token_loop import TokenLoop
 
     ids, mask = engine.generator.rows(ImageRequest("a cat", num_images=2), 2)
-    loop = TokenLoop(engine.model, ids, mask, keys=image_keys(3, 0, 2), cfg_scale=5.0, temperature=1.0,
+    loop = TokenLoop(engine.model, ids, mask, keys=image_keys(3, 0, 2), cfg_scales=[5.0] * 2, temperatures=[1.0] * 2,
                      top_k=None, top_p=None, num_tokens=576, fixed_shapes=True)  # the CUDA-graph step, run eagerly
     steps = loop.steps(use_cuda_graph=False)
     next(steps)
@@ -382,7 +382,7 @@ def loop_tokens(engine, *, cfg_scale: float = 5.0, fixed_shapes: bool = True, us
     from janus_demo.token_loop import TokenLoop
 
     ids, mask = engine.generator.rows(ImageRequest("a lighthouse in a storm", num_images=2, cfg_scale=cfg_scale), 2)
-    loop = TokenLoop(engine.model, ids, mask, keys=image_keys(11, 0, 2), cfg_scale=cfg_scale, temperature=1.0,
+    loop = TokenLoop(engine.model, ids, mask, keys=image_keys(11, 0, 2), cfg_scales=[cfg_scale] * 2, temperatures=[1.0] * 2,
                      top_k=None, top_p=None, num_tokens=576, fixed_shapes=fixed_shapes)
     with torch.inference_mode():
         for _ in loop.steps(use_cuda_graph=use_cuda_graph):
@@ -444,7 +444,7 @@ def test_the_gpu_shaped_step_gives_the_same_tokens_as_the_cpu_step(engine, cfg_s
     gpu_shaped = loop_tokens(engine, cfg_scale=cfg_scale, fixed_shapes=True)
     assert torch.equal(gpu_shaped, loop_tokens(engine, cfg_scale=cfg_scale, fixed_shapes=False))
     ids, mask = engine.generator.rows(ImageRequest("a cat", num_images=1), 1)
-    loop = TokenLoop(engine.model, ids, mask, keys=image_keys(0, 0, 1), cfg_scale=5.0, temperature=1.0,
+    loop = TokenLoop(engine.model, ids, mask, keys=image_keys(0, 0, 1), cfg_scales=[5.0], temperatures=[1.0],
                      top_k=None, top_p=None, num_tokens=576, fixed_shapes=False)
     with pytest.raises(ValueError, match="fixed_shapes"):
         next(loop.steps(use_cuda_graph=True))

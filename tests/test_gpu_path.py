@@ -63,7 +63,7 @@ def fake_cuda(monkeypatch):
 def run_loop(engine, *, use_cuda_graph: bool) -> TokenLoop:
     ids, mask = engine.generator.rows(ImageRequest("a lighthouse", num_images=1), 1)
     loop = TokenLoop(engine.model, ids, mask, keys=image_keys(5, 0, 1),
-                     cfg_scale=5.0, temperature=1.0, top_k=None, top_p=None, num_tokens=STEPS, fixed_shapes=True)
+                     cfg_scales=[5.0], temperatures=[1.0], top_k=None, top_p=None, num_tokens=STEPS, fixed_shapes=True)
     with torch.inference_mode():
         for _ in loop.steps(use_cuda_graph=use_cuda_graph):
             pass
@@ -95,7 +95,7 @@ def test_an_invalidated_capture_leaves_the_stream_and_hands_the_allocator_back(e
     monkeypatch.setattr(torch.cuda, "CUDAGraph", InvalidatedGraph)
     monkeypatch.setattr(torch._C, "_cuda_endAllocateToPool", lambda *args: handed_back.append(args), raising=False)
     ids, mask = engine.generator.rows(ImageRequest("a lighthouse", num_images=1), 1)
-    loop = TokenLoop(engine.model, ids, mask, keys=image_keys(0, 0, 1), cfg_scale=5.0, temperature=1.0,
+    loop = TokenLoop(engine.model, ids, mask, keys=image_keys(0, 0, 1), cfg_scales=[5.0], temperatures=[1.0],
                      top_k=None, top_p=None, num_tokens=STEPS, fixed_shapes=True)
     steps = loop.steps(use_cuda_graph=False)
     with torch.inference_mode(), caplog.at_level(logging.WARNING, logger="janus_demo"):

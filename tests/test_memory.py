@@ -30,7 +30,7 @@ def test_plan_chunks_is_fewest_and_balanced(images, fits, expected):
 
 def test_kv_cache_estimate_is_exact(engine):
     ids, mask = engine.generator.rows(ImageRequest("a cat", num_images=3), 3)
-    loop = TokenLoop(engine.model, ids, mask, keys=torch.arange(3), cfg_scale=5.0, temperature=1.0,
+    loop = TokenLoop(engine.model, ids, mask, keys=torch.arange(3), cfg_scales=[5.0] * 3, temperatures=[1.0] * 3,
                      top_k=None, top_p=None, num_tokens=576)
     steps = loop.steps(use_cuda_graph=False)
     next(steps)
