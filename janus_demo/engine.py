@@ -10,6 +10,7 @@ from PIL import Image
 from .cancellation import CancelCheck
 from .batching import SharedDecoder
 from .chat import ChatResponder, ChatSettings
+from .compare import CompareGrid, CompareResult, stream_grid
 from .generation import GenerationResult, ImageGenerator, ImageRequest, Progress
 
 ProgressCallback = Callable[[int, int, "list[Image.Image] | None"], None]
@@ -37,6 +38,12 @@ class JanusEngine:
                      preview_budget: float = 0.05) -> Iterator[Progress | GenerationResult]:
         """A validated request's progress events, then its result."""
         return self._images.stream(request, cancel=cancel, preview_budget=preview_budget)
+
+    def compare_stream(self, grid: CompareGrid, *, cancel: CancelCheck = None,
+                       preview_budget: float = 0.05) -> Iterator[Progress | CompareResult]:
+        """A compare grid's progress (previews laid out as the grid), then its result: every cell
+        in one decoding loop, each the image its settings draw alone."""
+        return stream_grid(self.generator, grid, cancel=cancel, preview_budget=preview_budget)
 
     def __repr__(self) -> str:
         return f"JanusEngine({self.name!r}, device={self.device}, llm_dtype={self.precision.llm})"

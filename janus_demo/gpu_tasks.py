@@ -15,6 +15,7 @@ import spaces
 
 from .background import run_in_background
 from .chat import ChatSettings
+from .compare import CompareGrid, CompareResult
 from .engine import JanusEngine
 from .errors import Cancelled, TimedOut
 from .generation import GenerationResult, ImageRequest, Progress
@@ -54,8 +55,8 @@ def time_limit(duration_s: int, time_limit_s: float) -> float:
     return time_limit_s
 
 
-def image_seconds(request: ImageRequest, time_limit_s: float) -> int:
-    estimate = IMAGE_BASE_SECONDS + IMAGE_SECONDS_PER_IMAGE * request.num_images
+def image_seconds(job: ImageRequest | CompareGrid, time_limit_s: float) -> int:
+    estimate = IMAGE_BASE_SECONDS + IMAGE_SECONDS_PER_IMAGE * job.num_images
     return int(min(MAX_SECONDS, time_limit_s, estimate))
 
 
@@ -72,18 +73,20 @@ def answer_seconds(messages: list, settings: ChatSettings, time_limit_s: float) 
 
 
 @spaces.GPU(duration=image_seconds)
-def draw(request: ImageRequest, time_limit_s: float) -> Iterator[list[Progress | GenerationResult]]:
-    """Batches of progress events, the result last, for an already validated request.
+def draw(job: ImageRequest | CompareGrid, time_limit_s: float) -> Iterator[list[Progress | GenerationResult
+                                                                                  | CompareResult]]:
+    """Batches of progress events, the result last, for an already validated request or grid.
 
     The model runs in a thread of its own and a batch (maybe empty) comes every BEAT_S, so
     closing this generator (Stop, a closed tab) reaches the model within a beat.
     """
     engine = current()
-    limit = time_limit(image_seconds(request, time_limit_s), time_limit_s)
+    limit = time_limit(image_seconds(job, time_limit_s), time_limit_s)
     deadline = time.monotonic() + limit
+    stream = engine.compare_stream if isinstance(job, CompareGrid) else engine.image_stream
 
     def work(emit, stop) -> None:
-        for event in engine.image_stream(request, cancel=lambda: stop.is_set() or time.monotonic() > deadline):
+        for event in stream(job, cancel=lambda: stop.is_set() or time.monotonic() > deadline):
             emit(event)
 
     try:

@@ -23,9 +23,10 @@ import gradio as gr
 
 from . import gpu_tasks
 from .chat import ChatSettings, normalize_conversation
+from .compare import AXES, Axis, CompareGrid, CompareResult
 from .errors import InputError, JanusError
 from .generation import GenerationResult, ImageRequest, Progress
-from .images import open_image
+from .images import open_image, save_png
 from .redraw import DrawnImage, read_drawn_image
 from .validation import MAX_IMAGES, MAX_MESSAGE_CHARS, MAX_SEED, check_int, check_number, check_text
 
@@ -110,6 +111,27 @@ def image_request(prompt, negative_prompt, num_images, cfg_scale, temperature, s
     )
 
 
+def compare_grid(prompt, negative_prompt, cfg_scale, temperature, seed, randomize_seed, x_axis, x_values,
+                 y_axis=None, y_values=None) -> CompareGrid:
+    """A `CompareGrid` from widget values: the Draw tab's settings, varied along one or two axes.
+    Refused in one sentence, before any work, when a value is out of range or the grid holds
+    more images than one request may."""
+    axes = [Axis.parse(x_axis, x_values)] + ([Axis.parse(y_axis, y_values)] if y_axis else [])
+    ranges = {"cfg_scale": CFG_RANGE, "temperature": TEMPERATURE_RANGE}
+    for axis in axes:
+        for value in axis.values if axis.name in ranges else ():
+            check_number(AXES[axis.name], value, *ranges[axis.name])
+    prompts = next((axis.values for axis in axes if axis.name == "prompt"), None)
+    base = image_request(prompts[0] if prompts else prompt, negative_prompt, 1, cfg_scale, temperature, seed,
+                         randomize_seed)
+    grid = CompareGrid(base, *axes)
+    rows, columns = grid.shape
+    if grid.num_images > LIMITS.max_images:
+        raise InputError(f"A {rows} by {columns} grid is {grid.num_images} images, but this app draws at most "
+                         f"{LIMITS.max_images} per request; use fewer values.")
+    return grid
+
+
 def progress_text(event: Progress, elapsed: float) -> str:
     left = elapsed / event.step * (event.total - event.step)
     text = f"Step {event.step} / {event.total} · {elapsed:.0f} s elapsed · about {left:.0f} s left"
@@ -125,6 +147,19 @@ def save_outputs(result: GenerationResult, scale: int = 1) -> list[tuple[str, st
     return [(str(path), f"seed {result.seed} · #{i + 1}") for i, path in enumerate(paths)]
 
 
+def save_grid_outputs(result: CompareResult, scale: int = 1) -> list[tuple[str, str]]:
+    """The labelled grid first, then each cell's PNG (its own parameters in its metadata)."""
+    _remove_old_outputs()
+    folder = Path(tempfile.mkdtemp(prefix="run-", dir=OUTPUT_ROOT))
+    grid = save_png(result.image, folder / f"grid_{result.grid.base.seed}.png", result.params(), scale=scale)
+    rows, columns = result.grid.shape
+    items = [(str(grid), f"{rows} by {columns} grid")]
+    for k, (cell, request) in enumerate(zip(result.cells, result.grid.cells())):
+        [path] = cell.save(folder, stem=f"cell{k + 1}", scale=scale)
+        items.append((str(path), result.grid.caption(request)))
+    return items
+
+
 def _remove_old_outputs() -> None:
     OUTPUT_ROOT.mkdir(parents=True, exist_ok=True)
     cutoff = time.time() - OUTPUT_MAX_AGE_S
@@ -137,7 +172,7 @@ def _remove_old_outputs() -> None:
             shutil.rmtree(run, ignore_errors=True)
 
 
-def gallery_stream(request: ImageRequest, scale: int = 1) -> Iterator[tuple]:
+def gallery_stream(job: ImageRequest | CompareGrid, scale: int = 1) -> Iterator[tuple]:
     """(gallery, status, seed) updates: previews as rows complete, progress text at most every
     UPDATE_EVERY_S, the saved PNGs (enlarged `scale` times) at the end; `gr.skip()` for widgets
     with nothing new.
@@ -145,11 +180,17 @@ def gallery_stream(request: ImageRequest, scale: int = 1) -> Iterator[tuple]:
     can close this generator, and so stop the model, at once."""
     started = time.perf_counter()
     shown = -UPDATE_EVERY_S
-    yield gr.skip(), f"Starting… seed {request.seed}", request.seed
-    with closing(gpu_tasks.draw(request, LIMITS.time_limit_s)) as batches:
+    seed = job.base.seed if isinstance(job, CompareGrid) else job.seed
+    yield gr.skip(), f"Starting… seed {seed}", seed
+    with closing(gpu_tasks.draw(job, LIMITS.time_limit_s)) as batches:
         for batch in batches:
             elapsed = time.perf_counter() - started
-            result = next((e for e in batch if isinstance(e, GenerationResult)), None)
+            result = next((e for e in batch if isinstance(e, (GenerationResult, CompareResult))), None)
+            if isinstance(result, CompareResult):
+                rows, columns = result.grid.shape
+                yield (save_grid_outputs(result, scale),
+                       f"Done: a {rows} by {columns} grid in {elapsed:.1f} s · seed {seed}", seed)
+                continue
             if result is not None:
                 count = len(result.images)
                 done = f"Done: {count} image{'s' * (count > 1)} in {elapsed:.1f} s · seed {result.seed}"
@@ -168,6 +209,25 @@ def draw(prompt, negative_prompt, num_images, cfg_scale, temperature, seed, rand
     """The Draw tab's Generate button; `show_large` enlarges the results x2, as the official demo does."""
     request = image_request(prompt, negative_prompt, num_images, cfg_scale, temperature, seed, randomize_seed)
     yield from gallery_stream(request, scale=2 if show_large else 1)
+
+
+@user_facing
+def draw_grid(prompt, negative_prompt, cfg_scale, temperature, seed, randomize_seed, x_axis, x_values, y_axis,
+              y_values, show_large=False):
+    """The Draw tab's "Draw the grid" button: its settings varied along the chosen axes."""
+    grid = compare_grid(prompt, negative_prompt, cfg_scale, temperature, seed, randomize_seed, x_axis, x_values,
+                        y_axis, y_values)
+    yield from gallery_stream(grid, scale=2 if show_large else 1)
+
+
+@user_facing
+def api_compare(prompt: str, x_axis: str, x_values: str, y_axis: str | None = None, y_values: str | None = None,
+                cfg_scale: float = 5.0, temperature: float = 1.0, seed=None, negative_prompt: str | None = None):
+    """A compare grid: the labelled grid image first, then each cell's PNG; and the seed."""
+    grid = compare_grid(prompt, negative_prompt, cfg_scale, temperature, seed, False, x_axis, x_values, y_axis,
+                        y_values)
+    for gallery, _, shown_seed in gallery_stream(grid):
+        yield gallery, shown_seed
 
 
 def drawn_image(path: str | None) -> DrawnImage:

@@ -4,7 +4,7 @@ place in the batch (see `GenerationResult.image_params`), which is enough to dra
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 
 from .errors import InputError
 from .generation import ImageRequest
@@ -24,9 +24,8 @@ class DrawnImage:
     scale: int = 1
 
     def alone(self) -> ImageRequest:
-        """The request that draws this image by itself: image k of seed s samples exactly as
-        image 0 of seed s + k does (each image has its own noise), and is decoded alone."""
-        return replace(self.request, seed=self.request.seed + self.index, num_images=1)
+        """The request that draws this image by itself (seed + k, its own CFG and temperature)."""
+        return self.request.image(self.index)
 
     def check_model(self, model_name: str) -> None:
         """Refuse to redraw with another model: the same seed would draw a different picture."""
@@ -38,6 +37,8 @@ class DrawnImage:
 def read_drawn_image(path: str | os.PathLike) -> DrawnImage:
     """What one of our PNGs says about itself; anything else is refused with one sentence."""
     params = read_png_params(path)
+    if "compare_grid" in params:
+        raise InputError("That is a compare grid; drop one of its cells' PNGs to redraw that image.")
     names = {f.name for f in fields(ImageRequest)}
     try:
         request = ImageRequest(**{k: v for k, v in params.items() if k in names})

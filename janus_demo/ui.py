@@ -90,13 +90,25 @@ def build_demo(
                         with gr.Accordion("Advanced", open=False, elem_id="draw-advanced"):
                             negative = gr.Textbox(label="Negative prompt", lines=2, elem_id="negative",
                                                   placeholder="What the images should avoid (replaces the empty prompt CFG compares with)")
+                        with gr.Accordion("Compare grid", open=False, elem_id="compare-panel"):
+                            gr.Markdown("The settings above, varied along one or two axes: one image per cell, "
+                                        "all drawn in one loop. Numbers: separated by commas; prompts: one per line.")
+                            axes = [(label, name) for name, label in handlers.AXES.items()]
+                            with gr.Row():
+                                x_axis = gr.Dropdown(axes, value="cfg_scale", label="Across", elem_id="x-axis")
+                                x_values = gr.Textbox("3, 5, 7", label="Values", lines=2, elem_id="x-values")
+                            with gr.Row():
+                                y_axis = gr.Dropdown([("(none)", "")] + axes, value="", label="Down",
+                                                     elem_id="y-axis")
+                                y_values = gr.Textbox("", label="Values", lines=2, elem_id="y-values")
+                            compare_btn = gr.Button("Draw the grid", elem_id="compare")
                         redraw_file = gr.File(label="Drop one of our PNGs here: its settings come back",
                                               file_types=["image"], height=120, elem_id="redraw-file")
                         redraw_btn = gr.Button("Redraw alone", visible=False, elem_id="redraw")
                         gr.Examples(prompt_examples(), inputs=[prompt], label="Example prompts", cache_examples=False)
                     with gr.Column(scale=3):
                         status = gr.Markdown(elem_id="status")
-                        gallery = gr.Gallery(label="Images", columns=4, height=560, format="png", elem_id="gallery",
+                        gallery = gr.Gallery(label="Images", columns=4, height=560, format="png", elem_id="gallery", object_fit="contain",
                                              buttons=["download", "fullscreen"], interactive=False)
 
         # API-only endpoints: clients call these by name; they have no widgets of their own.
@@ -112,6 +124,11 @@ def build_demo(
             api_understand_in = [gr.File(label="image"), gr.Textbox(label="question"), gr.Number(label="temperature"),
                                  gr.Number(label="top_p"), gr.Number(label="max_new_tokens"), gr.Number(label="seed")]
             api_understand_out = gr.Textbox(label="answer")
+            api_compare_btn = gr.Button()
+            api_compare_in = [gr.Textbox(label="prompt"), gr.Textbox(label="x_axis"), gr.Textbox(label="x_values"),
+                              gr.Textbox(label="y_axis"), gr.Textbox(label="y_values"), gr.Number(5.0, label="cfg_scale"),
+                              gr.Number(1.0, label="temperature"), gr.Number(label="seed"),
+                              gr.Textbox(label="negative_prompt")]
             # The official Space's two calls (see handlers): its names, order and defaults.
             official_generate_btn, official_understand_btn = gr.Button(), gr.Button()
             official_generate_in = [gr.Textbox(label="prompt"), gr.Number(1234, label="seed"),
@@ -144,11 +161,19 @@ def build_demo(
         redraw_file.clear(lambda: gr.Button(visible=False), None, [redraw_btn], queue=False, **PRIVATE)
         redrawing = redraw_btn.click(handlers.redraw_alone, [redraw_file, show_large], [gallery, status],
                                      **draw_group, **PRIVATE)
-        draw_stop.click(handlers.stopped, [status], [status], cancels=[drawing, redrawing], queue=False, **PRIVATE)
+        comparing = compare_btn.click(
+            handlers.draw_grid,
+            [prompt, negative, cfg_scale, temperature, seed, randomize, x_axis, x_values, y_axis, y_values, show_large],
+            [gallery, status, seed], **draw_group, **PRIVATE,
+        )
+        draw_stop.click(handlers.stopped, [status], [status], cancels=[drawing, redrawing, comparing], queue=False,
+                        **PRIVATE)
 
         # ----- public API -----
         api_generate_btn.click(handlers.api_generate, api_generate_in, api_generate_out, api_name="generate",
                                **draw_group)
+        api_compare_btn.click(handlers.api_compare, api_compare_in, api_generate_out, api_name="compare",
+                              **draw_group)
         api_understand_btn.click(handlers.api_understand, api_understand_in, api_understand_out,
                                  api_name="understand", **gpu)
         official_generate_btn.click(handlers.generate_image, official_generate_in, api_generate_out[0],

@@ -42,7 +42,8 @@ def test_serves_on_loopback_without_a_share_link(app):
 
 def test_only_the_named_endpoints_are_public(client):
     api = client.view_api(return_format="dict", print_info=False)
-    assert set(api["named_endpoints"]) == {"/generate", "/understand", "/generate_image", "/multimodal_understanding"}
+    assert set(api["named_endpoints"]) == {"/generate", "/understand", "/compare", "/generate_image",
+                                           "/multimodal_understanding"}
     assert not api["unnamed_endpoints"]
 
     def signature(name):
@@ -52,6 +53,9 @@ def test_only_the_named_endpoints_are_public(client):
 
     assert signature("/generate") == [("prompt", "required"), ("num_images", "required"), ("cfg_scale", "required"),
                                       ("temperature", "required"), ("seed", None), ("negative_prompt", None)]
+    assert signature("/compare") == [("prompt", "required"), ("x_axis", "required"), ("x_values", "required"),
+                                     ("y_axis", None), ("y_values", None), ("cfg_scale", 5.0),
+                                     ("temperature", 1.0), ("seed", None), ("negative_prompt", None)]
     assert [name for name, _ in signature("/understand")] == [
         "image", "question", "temperature", "top_p", "max_new_tokens", "seed"]
     # The official Space's: names, order and defaults (demo/app_januspro.py), one output each.
@@ -161,3 +165,30 @@ def test_official_endpoints_refuse_bad_input_in_our_words(client):
         client.predict(image=handle_file(CHART), question="q", top_p=0, api_name="/multimodal_understanding")
     with pytest.raises(AppError, match=r"^Attach an image"):
         client.predict(image=None, question="q", api_name="/multimodal_understanding")
+
+
+def test_compare_returns_the_labelled_grid_then_each_cell(client, engine):
+    gallery, seed = client.predict(prompt="a red cat", x_axis="cfg_scale", x_values="1, 5", y_axis="temperature",
+                                   y_values="0 1", seed=12, api_name="/compare")
+    assert seed == 12 and len(gallery) == 1 + 4
+    assert [item["caption"] for item in gallery] == [
+        "2 by 2 grid", "CFG scale 1 · Temperature 0", "CFG scale 5 · Temperature 0", "CFG scale 1 · Temperature 1",
+        "CFG scale 5 · Temperature 1"]
+    with Image.open(gallery[0]["image"]) as grid:
+        assert grid.width > 2 * 384 and grid.height > 2 * 384
+    params = read_png_params(gallery[4]["image"])
+    assert (params["prompt"], params["cfg_scale"], params["temperature"], params["seed"]) == ("a red cat", 5, 1, 12)
+    alone = engine.generate_images("a red cat", num_images=1, seed=12, cfg_scale=5.0, temperature=1.0)
+    with Image.open(gallery[4]["image"]) as cell:
+        assert cell.tobytes() == alone.images[0].tobytes()  # the cell is the image drawn alone
+
+
+def test_compare_refuses_a_grid_larger_than_a_request_before_any_work(client):
+    with pytest.raises(AppError, match=r"^A 5 by 4 grid is 20 images, but this app draws at most 16 per request"):
+        client.predict(prompt="a cat", x_axis="seed", x_values="1 2 3 4", y_axis="cfg_scale", y_values="1 2 3 4 5",
+                       api_name="/compare")
+    with pytest.raises(AppError, match=r"^CFG scale must be a number from 1 to 10 \(got 12"):
+        client.predict(prompt="a cat", x_axis="cfg_scale", x_values="3, 12", y_axis="", y_values="",
+                       api_name="/compare")
+    with pytest.raises(AppError, match=r"^Choose two different axes"):
+        client.predict(prompt="a cat", x_axis="seed", x_values="1", y_axis="seed", y_values="2", api_name="/compare")

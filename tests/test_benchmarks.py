@@ -54,6 +54,14 @@ def test_users_benchmark_compares_images_both_ways(artifacts):
     assert all(0 < r["token_agreement"] <= 1 and r["throughput_ratio"] > 0 for r in figures["runs"])
 
 
+def test_compare_benchmark_times_the_grid_against_one_by_one_and_a_batch(artifacts):
+    figures = run("bench_compare.py", "--arch", "tiny", "--cfg", "1", "5", "--temperature", "0", "1",
+                  artifacts=artifacts, name="bench-compare-tiny.json")
+    assert figures["cells"] == 4 and figures["cells_identical_to_alone"] == 4
+    assert min(figures["one_by_one_s"], figures["grid_s"], figures["plain_batch_s"]) > 0
+    assert figures["grid_vs_one_by_one"] > 0 and figures["grid_vs_plain_batch"] > 0
+
+
 def test_cpu_parts_benchmark_times_every_part_per_setting(artifacts):
     figures = run("bench_cpu_parts.py", "--arch", "tiny", "--threads", "1", "2", "--dtypes", "fp32", "--repeats", "1",
                   "--prefill", "16", artifacts=artifacts, name="bench-cpu-parts-tiny.json")

@@ -332,3 +332,30 @@ def test_dropping_a_png_on_the_draw_tab_restores_it_and_redraws_it_alone(page, e
     redrawn.write_bytes(urllib.request.urlopen(page.locator("#gallery img").first.get_attribute("src")).read())
     with Image.open(source) as original, Image.open(redrawn) as again:
         assert again.size == (768, 768) and again.tobytes() == original.tobytes()
+
+
+def test_a_compare_grid_from_the_draw_tab(page, artifacts):
+    """CFG scale across, temperature down: previews of the grid while it draws, then the labelled
+    grid and each cell, captioned with its values. Runs after the drop test: seed 11 is fixed and
+    "Show at 768 px" is on."""
+    page.get_by_role("tab", name="Draw").click()
+    page.locator("#prompt textarea").fill("a red fox in the snow")
+    page.locator("#compare-panel").get_by_text("Compare grid").click()
+    page.locator("#x-values textarea").fill("1, 5")
+    page.locator("#y-axis input").click()
+    page.get_by_role("option", name="Temperature").click()
+    page.locator("#y-values textarea").fill("0, 1")
+    page.evaluate("window.seen.galleries = []; window.seen.statuses = []")
+    page.locator("#compare").click()
+    page.wait_for_function("() => (document.querySelector('#status')?.innerText || '').startsWith('Done: a 2 by 2')",
+                           timeout=600_000)
+    page.wait_for_function(GALLERY_LOADED, arg="", timeout=30_000)
+    page.screenshot(path=str(artifacts / "compare-grid.png"), full_page=True)
+    captions = page.locator("#gallery").inner_text()
+    for caption in ("2 by 2 grid", "CFG scale 1 · Temperature 0", "CFG scale 5 · Temperature 1"):
+        assert caption in captions
+    shown = page.evaluate("[...new Set([...document.querySelectorAll('#gallery img')].map(i => i.src))]")
+    assert len(shown) == 5 and any("grid_11" in src for src in shown), shown
+    galleries = page.evaluate("window.seen.galleries")
+    assert any("grid_" not in g["srcs"] and "cell" not in g["srcs"] for g in galleries), "a preview came first"
+    assert any(s.startswith("Step ") for s in page.evaluate("window.seen.statuses"))
