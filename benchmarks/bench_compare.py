@@ -79,7 +79,8 @@ def main(argv=None) -> dict:
         "grid_vs_one_by_one": round(grid_s / alone_s, 3), "grid_vs_plain_batch": round(grid_s / batch_s, 3),
         "cells_identical_to_alone": identical,
     }
-    print(f"# {figures['machine']} · {args.arch} · {len(cells)} cells (CFG {args.cfg} x temperature {args.temperature})")
+    print(f"# {figures['machine']} · {args.arch} · {len(cells)} cells "
+          f"(CFG {args.cfg} x temperature {args.temperature})")
     print(f"one by one   {alone_s:8.2f} s")
     print(f"grid         {grid_s:8.2f} s   {figures['grid_vs_one_by_one']:.2f}x one by one, "
           f"{figures['grid_vs_plain_batch']:.2f}x the plain batch")

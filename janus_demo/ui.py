@@ -108,8 +108,9 @@ def build_demo(
                         gr.Examples(prompt_examples(), inputs=[prompt], label="Example prompts", cache_examples=False)
                     with gr.Column(scale=3):
                         status = gr.Markdown(elem_id="status")
-                        gallery = gr.Gallery(label="Images", columns=4, height=560, format="png", elem_id="gallery", object_fit="contain",
-                                             buttons=["download", "fullscreen"], interactive=False)
+                        gallery = gr.Gallery(label="Images", columns=4, height=560, format="png", elem_id="gallery",
+                                             object_fit="contain", buttons=["download", "fullscreen"],
+                                             interactive=False)  # contain: a compare grid is not square
 
         # API-only endpoints: clients call these by name; they have no widgets of their own.
         # Inputs are plain numbers (no precision): Gradio's own int() would turn "abc" or NaN into
