@@ -26,20 +26,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from janus_demo import ImageRequest, load_engine  # noqa: E402
 from janus_demo.compare import Axis, CompareGrid  # noqa: E402
-from janus_demo.presets import PRESETS  # noqa: E402
-
-PROMPT = "a red fox in the snow"
-SEED = 7
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--arch", default="tiny", help=f"random preset ({', '.join(PRESETS)}) or a model id/path")
+    parser.add_argument("--arch", default="tiny", help="a random preset (tiny, small, ...), or a model id or folder")
     parser.add_argument("--device", default=None)
-    parser.add_argument("--cfg", type=float, nargs="+", default=[1.0, 3.0, 5.0])
-    parser.add_argument("--temperature", type=float, nargs="+", default=[0.7, 1.0, 1.3])
+    parser.add_argument("--cfg", type=float, nargs="+", default=[1.0, 3.0, 5.0], help="the grid's columns")
+    parser.add_argument("--temperature", type=float, nargs="+", default=[0.7, 1.0, 1.3], help="the grid's rows")
     parser.add_argument("--json", type=Path)
     return parser.parse_args(argv)
+
+
+PROMPT, SEED = "a red fox in the snow", 7
 
 
 def timed(work):
