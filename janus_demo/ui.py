@@ -43,7 +43,7 @@ def build_demo(
             f"# Janus-Pro\nOne model that understands images and draws them · model: `{model_name}`",
             elem_id="header",
         )
-        with gr.Tabs():
+        with gr.Tabs() as tabs:
             with gr.Tab("Chat about images", id="chat", elem_id="chat-tab"):
                 chatbot = gr.Chatbot(label="Conversation", height=460, buttons=["copy"], elem_id="chatbot",
                                      placeholder="Attach one or more images and ask about them.")
@@ -55,6 +55,8 @@ def build_demo(
                     chat_stop = gr.Button("Stop", variant="stop", size="sm", elem_id="chat-stop")
                     chat_retry = gr.Button("Retry", size="sm", elem_id="chat-retry")
                     chat_clear = gr.Button("Clear", size="sm", elem_id="chat-clear")
+                    draw_this = gr.Button("Draw this", size="sm", elem_id="draw-this")  # selection, else last answer
+                selection = gr.Textbox(visible=False)  # the page's selected text, filled in by draw_this's js
                 with gr.Accordion("Settings", open=False, elem_id="chat-settings"):
                     chat_temperature = gr.Slider(*handlers.TEMPERATURE_RANGE, value=0.1, step=0.05,
                                                  label="Temperature (0 = greedy)")
@@ -102,6 +104,12 @@ def build_demo(
                                                      elem_id="y-axis")
                                 y_values = gr.Textbox("", label="Values", lines=2, elem_id="y-values")
                             compare_btn = gr.Button("Draw the grid", elem_id="compare")
+                        with gr.Accordion("Remix a picture", open=False, elem_id="remix-panel"):
+                            gr.Markdown("Upload a picture: the model describes it into the prompt above; edit "
+                                        "the description, then Generate draws variations of your picture.")
+                            remix_image = gr.Image(type="filepath", sources=["upload"], label="Your picture",
+                                                   height=200, elem_id="remix-image")
+                            describe_btn = gr.Button("Describe it", elem_id="describe")
                         redraw_file = gr.File(label="Drop one of our PNGs here: its settings come back",
                                               file_types=["image"], height=120, elem_id="redraw-file")
                         redraw_btn = gr.Button("Redraw alone", visible=False, elem_id="redraw")
@@ -110,7 +118,9 @@ def build_demo(
                         status = gr.Markdown(elem_id="status")
                         gallery = gr.Gallery(label="Images", columns=4, height=560, format="png", elem_id="gallery",
                                              object_fit="contain", buttons=["download", "fullscreen"],
-                                             interactive=False)  # contain: a compare grid is not square
+                                             interactive=False, type="filepath")  # contain: a grid is not square
+                        picked = gr.State(None)  # the gallery item last clicked
+                        ask_btn = gr.Button("Ask about this image", size="sm", elem_id="ask-about")
 
         # API-only endpoints: clients call these by name; they have no widgets of their own.
         # Inputs are plain numbers (no precision): Gradio's own int() would turn "abc" or NaN into
@@ -167,8 +177,16 @@ def build_demo(
             [prompt, negative, cfg_scale, temperature, seed, randomize, x_axis, x_values, y_axis, y_values, show_large],
             [gallery, status, seed], **draw_group, **PRIVATE,
         )
-        draw_stop.click(handlers.stopped, [status], [status], cancels=[drawing, redrawing, comparing], queue=False,
-                        **PRIVATE)
+
+        # ----- hand-offs between the tabs (each keeps the other tab's state) -----
+        gallery.select(handlers.picked_image, [gallery], [picked], queue=False, **PRIVATE)
+        ask_btn.click(handlers.ask_about, [picked], [textbox, tabs], queue=False, **PRIVATE)
+        draw_this.click(handlers.draw_this, [chatbot, selection], [prompt, tabs], queue=False, **PRIVATE,
+                        js="(history, _) => [history, window.getSelection().toString()]")
+        describing = describe_btn.click(handlers.describe_for_remix, [remix_image], [prompt, status], **gpu,
+                                        **PRIVATE)
+        draw_stop.click(handlers.stopped, [status], [status], cancels=[drawing, redrawing, comparing, describing],
+                        queue=False, **PRIVATE)
 
         # ----- public API -----
         api_generate_btn.click(handlers.api_generate, api_generate_in, api_generate_out, api_name="generate",
