@@ -12,7 +12,7 @@ from janus_demo import Cancelled, GenerationResult, ImageRequest
 from janus_demo.batching import SharedDecoder
 from janus_demo.generation import ImageGenerator, Progress
 
-pytestmark = pytest.mark.seeds  # CI reruns these with the other CPU family's kernels (AVX2)
+# @pytest.mark.seeds: CI reruns the test with the other CPU family's kernels (AVX2).
 
 # Prompts of equal token length (17): no padding, so a shared loop rounds exactly like a loop of its own.
 SAME_LENGTH = ["a red fox in the snow", "a red fox in the sun", "a red fox in the snow"]
@@ -64,6 +64,7 @@ def run_together(decoder, requests, stop_at=None, cancel=None):
     return events, errors
 
 
+@pytest.mark.seeds
 def test_requests_arriving_together_share_a_loop_and_get_their_own_images(engine, shared):
     requests = [ImageRequest(p, num_images=n, seed=10 * i) for i, (p, n) in enumerate(zip(SAME_LENGTH, [2, 1, 3]))]
     events, errors = run_together(shared, requests)
@@ -92,6 +93,7 @@ def test_prompts_of_different_lengths_share_too_and_each_gets_its_own_result(eng
         assert result.tokens.shape == (2, 576)
 
 
+@pytest.mark.seeds
 def test_other_cfg_scales_and_temperatures_share_a_loop_and_keep_their_images(engine, shared):
     """CFG scale and temperature are per image inside the loop, so they do not split users."""
     requests = [ImageRequest(SAME_LENGTH[0], num_images=1, seed=1),
@@ -121,6 +123,7 @@ def test_one_user_cancelling_does_not_stop_the_others(engine, shared):
     assert len(shared.loops) == 1 and len(shared.loops[0]) == 2
 
 
+@pytest.mark.seeds
 def test_engine_share_decoding_routes_through_the_shared_loop(engine):
     engine.share_decoding(True)
     try:
@@ -153,6 +156,7 @@ def test_a_request_cancelled_while_waiting_for_its_loop_stops_at_once(engine, sh
     assert len(shared.loops) == 1, "the cancelled request never got a loop"
 
 
+@pytest.mark.seeds
 def test_the_oldest_request_runs_first_even_when_it_needs_more_than_fits(engine, shared, monkeypatch):
     monkeypatch.setattr(ImageGenerator, "images_that_fit", lambda self, request, tokens, most=None: 2)
     results = {}
@@ -193,6 +197,7 @@ def test_a_stop_during_the_shared_final_decode_stops_that_request_before_its_nex
     assert errors[1] is None and len(events[1][-1].images) == 1
 
 
+@pytest.mark.seeds
 def test_a_shared_loop_that_runs_out_of_memory_is_redrawn_in_halves(engine, shared, monkeypatch):
     language_model = engine.model.model.language_model
     original = language_model.forward

@@ -10,7 +10,7 @@ from janus_demo import ImageRequest, InputError
 from janus_demo.compare import Axis, CompareGrid, CompareResult, grid_image
 from janus_demo.generation import Progress
 
-pytestmark = pytest.mark.seeds  # CI reruns these with the other CPU family's kernels (AVX2)
+# @pytest.mark.seeds: CI reruns the test with the other CPU family's kernels (AVX2).
 
 
 def run(engine, grid: CompareGrid) -> tuple[list[Progress], CompareResult]:
@@ -19,6 +19,7 @@ def run(engine, grid: CompareGrid) -> tuple[list[Progress], CompareResult]:
     return events[:-1], events[-1]
 
 
+@pytest.mark.seeds
 def test_a_cfg_by_temperature_grid_is_one_loop_of_the_images_drawn_alone(engine, loop_rows):
     grid = CompareGrid(ImageRequest("a red fox in the snow", seed=5), Axis("cfg_scale", (1.0, 5.0)),
                        Axis("temperature", (0.0, 1.0)))
@@ -43,6 +44,7 @@ def test_a_cfg_by_temperature_grid_is_one_loop_of_the_images_drawn_alone(engine,
     assert previews and all(len(p) == 1 and p[0].size == result.image.size for p in previews)
 
 
+@pytest.mark.seeds
 def test_prompts_of_other_lengths_and_seeds_share_the_loop(engine, loop_rows):
     """Prompts of other token lengths are left-padded in the one loop. On the tiny model a padded
     row's logits move by ~1e-7 (as any batch shape's), far below the Gumbel gap: exact equality."""
@@ -57,6 +59,7 @@ def test_prompts_of_other_lengths_and_seeds_share_the_loop(engine, loop_rows):
     assert result.params()["compare_grid"] == {"across": ["prompt", list(prompts)], "down": ["seed", [3, 8]]}
 
 
+@pytest.mark.seeds
 def test_a_grid_too_large_for_memory_is_drawn_in_chunks_of_the_same_images(engine, monkeypatch):
     from janus_demo.generation import ImageGenerator
 

@@ -16,8 +16,7 @@ from janus_demo.images import read_png_params
 from janus_demo.sampling import gumbel_noise, image_keys
 from janus_demo.token_loop import CACHE_KWARG
 
-pytestmark = pytest.mark.seeds  # CI reruns these with the other CPU family's kernels (AVX2)
-
+# @pytest.mark.seeds: CI reruns the test with the other CPU family's kernels (AVX2).
 
 def reference_prompt_inputs(engine, prompt: str):
     """Inputs the way transformers' docs build them for image generation (the text as a batch of
@@ -28,6 +27,7 @@ def reference_prompt_inputs(engine, prompt: str):
     return processor(text=[text], generation_mode="image", return_tensors="pt")
 
 
+@pytest.mark.seeds
 @pytest.mark.parametrize(
     ("prompt", "num_images", "cfg_scale"),
     [("a red cat", 1, 5.0), ("a red cat", 3, 5.0), ("two dogs on a big boat at night", 2, 2.5)],
@@ -106,6 +106,7 @@ def assert_same_draws(result_tokens, picks, gaps):
     assert len(set(result_tokens[0].tolist())) > 100  # really sampled, not a constant
 
 
+@pytest.mark.seeds
 @pytest.mark.parametrize(("num_images", "cfg_scale", "temperature"), [(2, 5.0, 1.0), (3, 3.0, 0.7), (2, None, 1.0)])
 def test_seeded_sampling_equals_deepseek_loop_with_our_gumbel_draw(engine, num_images, cfg_scale, temperature):
     prompt = "a lighthouse on a cliff, watercolor"
@@ -148,6 +149,7 @@ def test_cfg_one_runs_without_unconditional_rows(engine, monkeypatch):
     assert rows == [6] * 576
 
 
+@pytest.mark.seeds
 def test_same_seed_same_tokens_and_batch_invariance(engine):
     first = engine.generate_images("a blue bird", num_images=3, seed=1234)
     again = engine.generate_images("a blue bird", num_images=3, seed=1234)
@@ -165,6 +167,7 @@ def test_same_seed_same_tokens_and_batch_invariance(engine):
     assert torch.equal(pair.tokens, first.tokens[:2])
 
 
+@pytest.mark.seeds
 def test_sixteen_peaked_images_drawn_alone_equal_their_batch_up_to_a_rare_tie(lively_engine):
     """The lively model's logits are 8x larger, and so is their rounding change between batch
     shapes (median 2e-5, measured): about 576 * 2e-5 = 1% of images may meet a near-tie that
@@ -242,12 +245,14 @@ def test_preview_budget_zero_turns_previews_off_without_changing_tokens(engine):
     assert torch.equal(events[-1].tokens, engine.generate_images("a house", num_images=2, seed=4).tokens)
 
 
+@pytest.mark.seeds
 def test_preview_of_all_rows_is_the_final_image(engine):
     result = engine.generate_images("a boat", num_images=1, seed=8)
     full = engine.generator.preview(result.tokens)
     assert full[0].tobytes() == result.images[0].tobytes()
 
 
+@pytest.mark.seeds
 def test_images_are_384_rgb_and_decoded_like_the_original(engine):
     result = engine.generate_images("a horse", num_images=2, seed=6)
     assert [im.size for im in result.images] == [(384, 384)] * 2
@@ -435,6 +440,7 @@ def test_preview_budget_keeps_previews_within_their_fraction(monkeypatch):
     assert not PreviewBudget(0).allows(1)
 
 
+@pytest.mark.seeds
 @pytest.mark.parametrize("cfg_scale", [5.0, 1.0])
 def test_the_gpu_shaped_step_gives_the_same_tokens_as_the_cpu_step(engine, cfg_scale):
     """On a GPU every step attends over the whole static cache (fixed shapes for the CUDA graph);

@@ -15,7 +15,7 @@ from janus_demo.handlers import progress_text
 from janus_demo.memory import RESERVE_BYTES, SAFETY, plan_chunks, request_memory
 from janus_demo.token_loop import TokenLoop
 
-pytestmark = pytest.mark.seeds  # CI reruns these with the other CPU family's kernels (AVX2)
+# @pytest.mark.seeds: CI reruns the test with the other CPU family's kernels (AVX2).
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -112,6 +112,7 @@ def squeeze_memory(monkeypatch, engine, images_per_chunk: int, prompt: str) -> N
     monkeypatch.setattr(generation, "free_bytes", lambda device: (need + RESERVE_BYTES) * SAFETY + 1)
 
 
+@pytest.mark.seeds
 def test_chunked_generation_gives_the_same_images_and_says_so(engine, monkeypatch):
     one_batch = engine.generate_images("a lighthouse", num_images=6, seed=21)
     squeeze_memory(monkeypatch, engine, 2, "a lighthouse")
@@ -130,6 +131,7 @@ def test_chunked_generation_gives_the_same_images_and_says_so(engine, monkeypatc
     assert note in progress_text(generation.Progress(1, 1728, None, note), 0.5)
 
 
+@pytest.mark.seeds
 def test_greedy_chunks_equal_transformers_generate(lively_engine, monkeypatch):
     from test_generation import reference_prompt_inputs
 
@@ -144,6 +146,7 @@ def test_greedy_chunks_equal_transformers_generate(lively_engine, monkeypatch):
     assert torch.equal(result.tokens, expected)
 
 
+@pytest.mark.seeds
 def test_running_out_mid_batch_redraws_the_rest_in_halves(engine, monkeypatch):
     from test_robustness import FailOnCall
 

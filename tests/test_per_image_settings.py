@@ -10,7 +10,7 @@ from janus_demo import ImageRequest, InputError
 from janus_demo.generation import ImageGenerator, Progress
 from janus_demo.redraw import read_drawn_image
 
-pytestmark = pytest.mark.seeds  # CI reruns these with the other CPU family's kernels (AVX2)
+# @pytest.mark.seeds: CI reruns the test with the other CPU family's kernels (AVX2).
 
 # CFG 1 (no unconditional row) beside CFG 3-7.5, greedy beside sampled, in one loop.
 CFG = [1.0, 3.0, 5.0, 1.0, 7.5, 2.0]
@@ -23,6 +23,7 @@ def alone(engine, prompt: str, seed: int, index: int):
                                   temperature=TEMPERATURE[index])
 
 
+@pytest.mark.seeds
 def test_each_image_of_a_mixed_loop_is_the_image_drawn_alone(engine, loop_rows):
     rows = loop_rows
     mixed = engine.generate_images("a red fox in the snow", num_images=6, seed=40, cfg_scale=CFG,
@@ -43,6 +44,7 @@ def test_each_image_of_a_mixed_loop_is_the_image_drawn_alone(engine, loop_rows):
     assert not torch.equal(sampled.tokens[0], mixed.tokens[0])
 
 
+@pytest.mark.seeds
 def test_a_peaked_model_keeps_its_images_in_a_mixed_loop_up_to_a_rare_tie(lively_engine):
     """As `test_sixteen_peaked_images_drawn_alone_equal_their_batch_up_to_a_rare_tie`: the lively
     model's logits round ~2e-5 differently with the number of rows, so ~1% of images may meet a
@@ -56,6 +58,7 @@ def test_a_peaked_model_keeps_its_images_in_a_mixed_loop_up_to_a_rare_tie(lively
     assert len(set(mixed.tokens[1].tolist())) > 150  # varied tokens: the equality is evidence
 
 
+@pytest.mark.seeds
 def test_all_guided_with_different_scales_and_memory_chunks(engine, monkeypatch, loop_rows):
     """Every image guided (the loop's fast path), drawn two at a time for lack of memory: each
     chunk takes its own images' settings."""
@@ -81,6 +84,7 @@ def test_previews_cover_every_image_of_a_mixed_request(engine):
     assert [e.step for e in events[:-1]] == list(range(1, 577))
 
 
+@pytest.mark.seeds
 def test_each_png_remembers_its_own_settings_and_redraws_alone(engine, tmp_path):
     result = engine.generate_images("a small boat", num_images=3, seed=21, cfg_scale=[1.0, 4.0, 6.5],
                                     temperature=[0.0, 1.0, 0.8])
@@ -110,6 +114,7 @@ def test_bad_per_image_settings_are_refused_in_one_sentence(options, message):
         ImageRequest("a cat", num_images=3, **options)
 
 
+@pytest.mark.seeds
 def test_one_number_is_the_same_request_as_a_list_of_it(engine):
     """A list of equal values draws what the single number draws (the same kernels per row)."""
     single = engine.generate_images("a house", num_images=2, seed=3, cfg_scale=4.5, temperature=0.9)
