@@ -142,16 +142,14 @@ def progress_text(event: Progress, elapsed: float) -> str:
 def save_outputs(result: GenerationResult, scale: int = 1) -> list[tuple[str, str]]:
     """Write the PNGs (parameters in their metadata; enlarged `scale` times) and return gallery
     items (path, caption)."""
-    _remove_old_outputs()
-    folder = Path(tempfile.mkdtemp(prefix="run-", dir=OUTPUT_ROOT))
+    folder = _new_output_folder()
     paths = result.save(folder, scale=scale)
     return [(str(path), f"seed {result.seed} · #{i + 1}") for i, path in enumerate(paths)]
 
 
 def save_grid_outputs(result: CompareResult, scale: int = 1) -> list[tuple[str, str]]:
     """The labelled grid first, then each cell's PNG (its own parameters in its metadata)."""
-    _remove_old_outputs()
-    folder = Path(tempfile.mkdtemp(prefix="run-", dir=OUTPUT_ROOT))
+    folder = _new_output_folder()
     grid = save_png(result.image, folder / f"grid_{result.grid.base.seed}.png", result.params(), scale=scale)
     rows, columns = result.grid.shape
     items = [(str(grid), f"{rows} by {columns} grid")]
@@ -159,6 +157,12 @@ def save_grid_outputs(result: CompareResult, scale: int = 1) -> list[tuple[str, 
         [path] = cell.save(folder, stem=f"cell{k + 1}", scale=scale)
         items.append((str(path), result.grid.caption(request)))
     return items
+
+
+def _new_output_folder() -> Path:
+    """A fresh folder for one run's PNGs, after clearing runs older than OUTPUT_MAX_AGE_S."""
+    _remove_old_outputs()
+    return Path(tempfile.mkdtemp(prefix="run-", dir=OUTPUT_ROOT))
 
 
 def _remove_old_outputs() -> None:
