@@ -47,6 +47,7 @@ from janus_demo.memory import RESERVE_BYTES, SAFETY, is_out_of_memory, plan_chun
 GIB = 2**30
 CARD_OVERHEAD_GIB = 1  # what a real card keeps from PyTorch: CUDA context, display, other processes
 IMPLEMENTATIONS = ("engine_graph", "engine_eager", "official", "transformers")
+SECTIONS = ("speed", "greedy", "seeds", "chat", "cards_bf16", "nf4")
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default $OUT/gpu_check.json or ./gpu_check.json)")
     parser.add_argument("--budget-s", type=float, default=None, help="start no run after this many seconds")
     parser.add_argument("--models", nargs="+", default=None, help="a subset of the presets, for a rerun")
+    parser.add_argument("--sections", nargs="+", default=None, choices=SECTIONS, help="a subset of the sections, for a rerun")
     return parser.parse_args(argv)
 
 
@@ -239,12 +241,13 @@ def simulated_card(engine, limit: int):
     device = engine.device
     if device.type == "cuda":
         release_memory(device)
-        total = torch.cuda.get_device_properties(device).total_memory
-        torch.cuda.set_per_process_memory_fraction(limit / total, device)
+        index = device.index if device.index is not None else torch.cuda.current_device()  # it takes no bare "cuda"
+        total = torch.cuda.get_device_properties(index).total_memory
+        torch.cuda.set_per_process_memory_fraction(limit / total, index)
         try:
             yield
         finally:
-            torch.cuda.set_per_process_memory_fraction(1.0, device)
+            torch.cuda.set_per_process_memory_fraction(1.0, index)
         return
     from janus_demo import generation
 
@@ -321,7 +324,7 @@ def versions() -> dict:
     return found
 
 
-def check(name: str, plan: Plan, budget: Budget, figures: dict, write, big: bool) -> None:
+def check(name: str, plan: Plan, budget: Budget, figures: dict, write, big: bool, sections=SECTIONS) -> None:
     """One model's sections; the first (big) one also goes on simulated cards, in bf16 then nf4.
     One model at a time: a memory cap counts every tensor of the process."""
     print(f"[{budget.elapsed():.0f} s] loading random:{name}", flush=True)
@@ -335,6 +338,8 @@ def check(name: str, plan: Plan, budget: Budget, figures: dict, write, big: bool
     if big:
         work.update(cards_bf16=lambda: cards(engine, plan, budget), nf4=lambda: nf4(engine, plan, budget))
     for key, measure in work.items():
+        if key not in sections:
+            continue
         print(f"[{budget.elapsed():.0f} s] {name}: {key}", flush=True)
         section[key] = measure()
         write()
@@ -386,7 +391,7 @@ def main(argv=None) -> int:
         out.write_text(json.dumps(figures, indent=2, default=str))
 
     for name in args.models or plan.models:
-        check(name, plan, budget, figures, write, big=name == plan.models[0])
+        check(name, plan, budget, figures, write, big=name == plan.models[0], sections=args.sections or SECTIONS)
         write()
     print_table(figures)
     print(f"figures written to {out}")
