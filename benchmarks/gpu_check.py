@@ -1,6 +1,7 @@
 """The GPU proof, prepared to run in one short call: speed, bandwidth, greedy agreement, chat, small cards.
 
-    python benchmarks/gpu_check.py                   # on an H100/H200: at most ~8 minutes
+    python benchmarks/gpu_check.py                   # on an H100/H200: 7B, ~7 minutes (--budget-s 400)
+    python benchmarks/gpu_check.py --models janus-pro-1b --budget-s 200   # then 1B, in a second call
     python benchmarks/gpu_check.py --dry-run         # the same code on the CPU with the tiny preset
 
 What it measures, on random weights with the real shapes (random:janus-pro-7b, then -1b, bf16):
@@ -11,6 +12,8 @@ What it measures, on random weights with the real shapes (random:janus-pro-7b, t
   greedy  greedy tokens of the graph, eager and transformers paths: equal, or the share that is
   seeds   the sampling noise equals the CPU's; a request repeats itself; images 0-3 drawn alone
           vs in a batch of 4 and of 16 (bf16 kernels are chosen per batch size)
+  determinism  one greedy image twice by the graph, the graph without previews, and eagerly:
+          which path repeats itself, and from which step it stops
   chat    prefill and decode tokens/s of an answer about an image, engine vs model.generate
   cards   7B in bf16 and in nf4 on simulated 24, 16 and 12 GB cards (a per-process memory cap):
           the planner's chunks at every slider setting, and its largest single loop and the
@@ -47,7 +50,7 @@ from janus_demo.memory import RESERVE_BYTES, SAFETY, is_out_of_memory, plan_chun
 GIB = 2**30
 CARD_OVERHEAD_GIB = 1  # what a real card keeps from PyTorch: CUDA context, display, other processes
 IMPLEMENTATIONS = ("engine_graph", "engine_eager", "official", "transformers")
-SECTIONS = ("speed", "greedy", "seeds", "chat", "cards_bf16", "nf4")
+SECTIONS = ("speed", "greedy", "seeds", "determinism", "chat", "cards_bf16", "nf4")
 
 
 @dataclass(frozen=True)
@@ -113,11 +116,11 @@ def graphs(enabled: bool):
             os.environ["JANUS_CUDA_GRAPHS"] = before
 
 
-def run(engine, implementation: str, request: ImageRequest) -> dict:
+def run(engine, implementation: str, request: ImageRequest, **options) -> dict:
     """One request by one implementation, with its peak memory; the engine's rows say if the graph ran."""
     runner = bench.run_engine if implementation.startswith("engine") else bench.RUNNERS[implementation]
     with graphs(implementation != "engine_eager"), bench.PeakMemory(engine.device) as memory:
-        figures = runner(engine, request)
+        figures = runner(engine, request, **options)
     print(f"  {implementation}, {request.num_images} images, CFG {request.cfg_scale:g}, temperature "
           f"{request.temperature:g}: {figures['seconds']:.2f} s", flush=True)
     return {**figures, "peak_gib": memory.peak / GIB}
@@ -196,15 +199,37 @@ def seeds(engine, budget: Budget) -> dict:
                                                          == gumbel_noise(keys, 7, 16384)).float().mean()), 4)}
     request = ImageRequest(bench.PROMPT, num_images=4, seed=bench.SEED)
     first = run(engine, "engine_graph", request)["tokens"]
-    result["same_request_twice_equal"] = bool(torch.equal(first, run(engine, "engine_graph", request)["tokens"]))
+    result["same_request_twice"] = compare(first, run(engine, "engine_graph", request)["tokens"])
     alone = torch.cat([run(engine, "engine_graph", replace(request, num_images=1, seed=bench.SEED + i))["tokens"]
                        for i in range(4)])
     sixteen = run(engine, "engine_graph", replace(request, num_images=16))["tokens"][:4]
-    for label, batch in (("batch4_vs_alone", first), ("batch16_vs_alone", sixteen)):
-        same = (batch == alone).all(dim=1)
-        differ = (batch != alone).int().argmax(dim=1)  # first differing step of each image
-        result[label] = {"images_identical": f"{int(same.sum())}/4",
-                         "first_differing_step": [None if s else int(d) for s, d in zip(same.tolist(), differ)]}
+    result["batch4_vs_alone"] = compare(first, alone)
+    result["batch16_vs_alone"] = compare(sixteen, alone)
+    return result
+
+
+def compare(a: torch.Tensor, b: torch.Tensor) -> dict:
+    """Images identical, and the first step where each image differs (None: never)."""
+    same = (a == b).all(dim=1)
+    differ = (a != b).int().argmax(dim=1)
+    return {"images_identical": f"{int(same.sum())}/{len(same)}",
+            "first_differing_step": [None if s else int(d) for s, d in zip(same.tolist(), differ)]}
+
+
+def determinism(engine, budget: Budget) -> dict:
+    """Which path repeats itself: one greedy image (no noise: any change is in the logits) twice by
+    the graph, by the graph with no preview decodes between steps, and eagerly. The 7B's first GPU
+    run (H200, 2026-11-28) found a sampled request twice not equal and graph vs eager greedy 11%
+    equal; this tells a non-deterministic kernel (eager differs too) from the graph or the previews."""
+    if budget.spent():
+        return SKIPPED
+    request = ImageRequest(bench.PROMPT, num_images=1, cfg_scale=5.0, temperature=0, seed=bench.SEED)
+    result = {}
+    for label, implementation, options in (("graph", "engine_graph", {}),
+                                           ("graph_no_previews", "engine_graph", {"preview_budget": 0.0}),
+                                           ("eager", "engine_eager", {})):
+        a, b = (run(engine, implementation, request, **options)["tokens"] for _ in range(2))
+        result[label] = compare(a, b)
     return result
 
 
@@ -334,7 +359,8 @@ def check(name: str, plan: Plan, budget: Budget, figures: dict, write, big: bool
         "load_s": round(time.perf_counter() - started, 1),
         "graphs_on_after_probe": plan.device == "cuda" and not token_loop.graphs_broken()}
     work = {"speed": lambda: speed(engine, plan, budget), "greedy": lambda: greedy(engine, budget),
-            "seeds": lambda: seeds(engine, budget), "chat": lambda: chat(engine, plan, budget)}
+            "seeds": lambda: seeds(engine, budget), "determinism": lambda: determinism(engine, budget),
+            "chat": lambda: chat(engine, plan, budget)}
     if big:
         work.update(cards_bf16=lambda: cards(engine, plan, budget), nf4=lambda: nf4(engine, plan, budget))
     for key, measure in work.items():
@@ -365,6 +391,7 @@ def print_table(figures: dict) -> None:
                           f"{row['peak_gib']:>10.2f}  {row.get('graphs_used', '')}")
         print(f"{model}: greedy {json.dumps(section.get('greedy'))}")
         print(f"{model}: seeds {json.dumps(section.get('seeds'))}")
+        print(f"{model}: determinism {json.dumps(section.get('determinism'))}")
         print(f"{model}: chat {json.dumps(section.get('chat'))}")
         for key in ("cards_bf16",):
             if key in section:

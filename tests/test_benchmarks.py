@@ -101,6 +101,9 @@ def test_gpu_check_dry_run_runs_without_gradio_or_spaces(artifacts):
     assert tiny["speed"]["engine_graph"]["1"]["graphs_used"] is False  # no CUDA here
     assert tiny["greedy"]["graph_vs_eager"] == {"equal": True, "share_equal": 1.0}
     assert tiny["chat"]["engine"]["decode_tokens_per_s"] > 0
+    one_run = {"images_identical": "1/1", "first_differing_step": [None]}
+    assert tiny["determinism"] == {"graph": one_run, "graph_no_previews": one_run, "eager": one_run}
+    assert tiny["seeds"]["noise_equal_to_cpu"] and tiny["seeds"]["same_request_twice"]["images_identical"] == "4/4"
     for card in (tiny["cards_bf16"]["12GB"], tiny["nf4"]["cards"]["12GB"]):
         assert card["images_per_loop"]["cfg5"] == 1 and card["plans"]["2@cfg5"] == [1, 1]
         assert card["runs"]["2"] == {**card["runs"]["2"], "finished": True, "chunks": 2}
