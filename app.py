@@ -52,9 +52,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def create_app(args: argparse.Namespace):
     """Load the model, then build the UI around it (raises JanusError with a readable message)."""
-    from janus_demo import gpu_tasks, load_engine
+    from janus_demo import load_engine
     from janus_demo.loading import on_zerogpu
-    from janus_demo.ui import build_demo
+    from janus_demo.web import gpu_tasks
+    from janus_demo.web.demo import build_demo
 
     engine = load_engine(args.model, device=args.device, dtype=args.dtype, quantize=args.quantize)
     batch_users = 1 if on_zerogpu() else args.batch_users  # each ZeroGPU call is a process of its own

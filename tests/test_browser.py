@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import STEPS_AFTER_STOP, STOP_STEP_S
+
 from janus_demo.images import read_png_params
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -202,7 +202,7 @@ def start_a_slow_drawing(page) -> None:
 
 
 def test_closing_the_tab_stops_the_model(serve, browser, step_counter):
-    from janus_demo import gpu_tasks
+    from janus_demo.web import gpu_tasks
 
     with serve() as (demo, _):
         steps = step_counter(gpu_tasks.current(), signal_at=5, step_s=STOP_STEP_S)
@@ -220,7 +220,7 @@ def test_closing_the_tab_stops_the_model(serve, browser, step_counter):
 
 
 def test_stop_in_the_draw_tab_stops_the_model_and_says_where(serve, browser, step_counter, artifacts):
-    from janus_demo import gpu_tasks
+    from janus_demo.web import gpu_tasks
 
     with serve() as (demo, _):
         steps = step_counter(gpu_tasks.current(), signal_at=5, step_s=STOP_STEP_S)
@@ -235,9 +235,12 @@ def test_stop_in_the_draw_tab_stops_the_model_and_says_where(serve, browser, ste
         # The status text itself: Gradio now and then also badges a cancelled event's outputs "Error"
         # (an upstream race, see the README), which is not ours to test.
         status_text = 'document.querySelector(\'#status [data-testid="markdown"]\')?.innerText || ""'
-        page.wait_for_function(f"() => ({status_text}).startsWith('Stopped')", timeout=10_000)
-        status = page.evaluate(f"() => {status_text}")
-        page.screenshot(path=str(artifacts / "draw-stopped.png"), full_page=True)
+        try:
+            page.wait_for_function(f"() => ({status_text}).startsWith('Stopped')", timeout=10_000)
+        finally:
+            status = page.evaluate(f"() => {status_text}")
+            page.screenshot(path=str(artifacts / "draw-stopped.png"), full_page=True)
+            (artifacts / "draw-stopped.txt").write_text(status)
         assert not any("janus_" in (img.get_attribute("src") or "") for img in page.locator("#gallery img").all())
         page.close()
     assert after <= STEPS_AFTER_STOP, f"{after} steps began after Stop was clicked"
@@ -446,8 +449,8 @@ def test_remix_describes_a_picture_into_the_prompt(page, engine, artifacts):
     page.wait_for_function("() => (document.querySelector('#status')?.innerText || '').startsWith('Described')",
                            timeout=300_000)
     description = page.locator("#prompt textarea").input_value()
-    from janus_demo.handlers import REMIX_MAX_NEW_TOKENS, REMIX_QUESTION
     from janus_demo.images import open_image
+    from janus_demo.web.handoffs import REMIX_MAX_NEW_TOKENS, REMIX_QUESTION
 
     messages = [{"role": "user", "content": [{"type": "image", "image": open_image(EXAMPLES / "chart.png")},
                                              {"type": "text", "text": REMIX_QUESTION}]}]

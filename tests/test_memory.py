@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from janus_demo import ImageRequest, OutOfMemory, generation, presets
-from janus_demo.handlers import progress_text
 from janus_demo.memory import RESERVE_BYTES, SAFETY, plan_chunks, request_memory
 from janus_demo.token_loop import TokenLoop
+from janus_demo.web.gallery import progress_text
 
 # @pytest.mark.seeds: CI reruns the test with the other CPU family's kernels (AVX2).
 

@@ -11,11 +11,12 @@ import pytest
 import torch
 from transformers import Cache
 
-from janus_demo import InputError, OutOfMemory, gpu_tasks
+from janus_demo import InputError, OutOfMemory
 from janus_demo.chat import ChatSettings
 from janus_demo.errors import TimedOut
 from janus_demo.generation import ImageRequest
 from janus_demo.memory import is_out_of_memory
+from janus_demo.web import gpu_tasks
 
 
 class FailOnCall:

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from janus_demo import gpu_tasks
 from janus_demo.chat import ChatSettings
 from janus_demo.generation import ImageRequest
+from janus_demo.web import gpu_tasks
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,7 +71,7 @@ def test_on_zerogpu_the_gpu_functions_are_wrapped_with_their_durations():
         fake_wrappers.generator_function_wrapper = fake_wrappers.regular_function_wrapper = record
         sys.modules["spaces.zero.wrappers"] = fake_wrappers
         sys.modules["spaces.zero.client"] = types.ModuleType("spaces.zero.client")
-        from janus_demo import gpu_tasks
+        from janus_demo.web import gpu_tasks
         assert seen == {"draw": gpu_tasks.image_seconds, "answer": gpu_tasks.answer_seconds}, seen
         print("wrapped", sorted(seen))
         """

@@ -13,13 +13,13 @@ from collections.abc import Iterator
 
 import spaces
 
-from .background import run_in_background
-from .chat import ChatSettings
-from .compare import CompareGrid, CompareResult
-from .engine import JanusEngine
-from .errors import Cancelled, TimedOut
-from .generation import GenerationResult, ImageRequest, Progress
-from .loading import on_zerogpu
+from ..background import run_in_background
+from ..chat import ChatSettings
+from ..compare import CompareGrid, CompareResult
+from ..engine import JanusEngine
+from ..errors import Cancelled, TimedOut
+from ..generation import GenerationResult, ImageRequest, Progress
+from ..loading import on_zerogpu
 
 # Budget per request on a ZeroGPU slice (eager bf16, Janus-Pro-7B): prefill, VQ decode and
 # transfer overhead, plus the 576 decoding steps, which slow down as rows are added.
@@ -43,7 +43,7 @@ def install(engine: JanusEngine) -> None:
 
 def current() -> JanusEngine:
     if _engine is None:
-        raise RuntimeError("no engine installed; call janus_demo.gpu_tasks.install(engine) first")
+        raise RuntimeError("no engine installed; call janus_demo.web.gpu_tasks.install(engine) first")
     return _engine
 
 
