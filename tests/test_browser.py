@@ -160,6 +160,16 @@ def test_draw_tab_shows_previews_then_final_images(page, artifacts, tmp_path):
     params = read_png_params(saved)
     assert params["prompt"] == "a watercolor fox in the snow" and params["seed"] == seed
     assert params["num_images"] == 4 and params["model"] == "random:tiny"
+    close_preview(page)
+
+
+def close_preview(page) -> None:
+    """Leave the gallery's preview mode (a clicked image shown large). Left open, every later gallery
+    update kept Chromium busy on a whole core, and the model beside it on this 2-core machine ran
+    10-30x slower (a Generate on tiny: 80 s instead of 4)."""
+    page.locator("#gallery").get_by_role("button", name="Close").click()
+    page.wait_for_function(
+        "() => !document.querySelector('#gallery [aria-label=\"detailed view of selected image\"]')", timeout=10_000)
 
 
 def ask(page, question: str) -> None:
@@ -326,8 +336,8 @@ def test_dropping_a_png_on_the_draw_tab_restores_it_and_redraws_it_alone(page, e
 
     page.locator("#redraw").get_by_text("Redraw #3 alone").click()  # seed 11 + 2, one image
     page.wait_for_function(GALLERY_LOADED, arg="janus_13_0", timeout=600_000)
-    # The earlier test left the gallery in its preview mode, which shows the selected image three times
-    # (large, as a thumbnail, and in the hidden grid): count the distinct images, not the <img> tags.
+    # Gradio's gallery in preview mode shows the selected image three times (large, as a thumbnail,
+    # and in the hidden grid): count the distinct images, not the <img> tags.
     shown = page.evaluate("[...new Set([...document.querySelectorAll('#gallery img')].map(i => i.src))]")
     assert len(shown) == 1, shown
     page.screenshot(path=str(artifacts / "draw-redrawn.png"), full_page=True)
@@ -437,6 +447,8 @@ def test_ask_about_a_drawn_image_then_draw_the_answer(page, artifacts):
     page.wait_for_function("(text) => document.querySelector('#prompt textarea').value.trim() === text",
                            arg=selected, timeout=30_000)
     page.screenshot(path=str(artifacts / "handoff-draw-this.png"), full_page=True)
+    page.get_by_role("tab", name="Draw").click()
+    close_preview(page)  # opened by the click on the grid's cell above
 
 
 def test_remix_describes_a_picture_into_the_prompt(page, engine, artifacts):
