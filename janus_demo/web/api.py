@@ -12,9 +12,8 @@ from __future__ import annotations
 import gradio as gr
 
 from ..errors import InputError
-from ..images import open_image
 from ..validation import MAX_MESSAGE_CHARS, check_number, check_text
-from .chat import answer_stream, chat_settings, check_conversation
+from .chat import answer_stream, chat_settings, question_about
 from .compare import compare_grid
 from .errors import user_facing
 from .events import Groups
@@ -89,9 +88,7 @@ def api_understand(image: str, question: str, temperature: float = 0.1, top_p: f
     if not image:
         raise InputError("Attach an image to ask about.")
     check_text("question", question, MAX_MESSAGE_CHARS)
-    messages = [{"role": "user", "content": [{"type": "image", "image": open_image(image)},
-                                             {"type": "text", "text": question}]}]
-    check_conversation(messages)
+    messages = question_about(image, question)
     answer = ""
     yield answer
     for piece in answer_stream(messages, settings):

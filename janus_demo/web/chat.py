@@ -124,6 +124,14 @@ def check_conversation(messages: list[dict]) -> None:
     normalize_conversation(messages, gpu_tasks.current().responder.control_tokens, "")
 
 
+def question_about(image: str, question: str) -> list[dict]:
+    """One question about one image file, as the model's messages, checked like a chat's."""
+    messages = [{"role": "user", "content": [{"type": "image", "image": open_image(image)},
+                                             {"type": "text", "text": question}]}]
+    check_conversation(messages)
+    return messages
+
+
 def answer_stream(messages: list[dict], settings: ChatSettings) -> Iterator[str]:
     """The answer to an already checked conversation, piece by piece."""
     with closing(gpu_tasks.answer(messages, settings, LIMITS.time_limit_s)) as pieces:

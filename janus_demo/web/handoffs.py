@@ -8,9 +8,8 @@ import gradio as gr
 
 from ..chat import ChatSettings
 from ..errors import InputError
-from ..images import open_image
 from ..validation import MAX_PROMPT_CHARS
-from .chat import ChatTab, answer_stream, check_conversation
+from .chat import ChatTab, answer_stream, question_about
 from .draw import DrawTab
 from .errors import user_facing
 from .events import PRIVATE, Groups
@@ -71,9 +70,7 @@ def describe_for_remix(image: str | None):
     for the user to edit before drawing variations of it."""
     if not image:
         raise InputError("Upload a picture to remix first.")
-    messages = [{"role": "user", "content": [{"type": "image", "image": open_image(image)},
-                                             {"type": "text", "text": REMIX_QUESTION}]}]
-    check_conversation(messages)
+    messages = question_about(image, REMIX_QUESTION)
     settings = ChatSettings(temperature=0, top_p=0.95, max_new_tokens=REMIX_MAX_NEW_TOKENS, seed=None)
     description = ""
     yield description, "Describing your picture…"
