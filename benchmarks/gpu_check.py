@@ -3,6 +3,7 @@
     python benchmarks/gpu_check.py                   # on an H100/H200: 7B, ~7 minutes (--budget-s 400)
     python benchmarks/gpu_check.py --models janus-pro-1b --budget-s 200   # then 1B, in a second call
     python benchmarks/gpu_check.py --dry-run         # the same code on the CPU with the tiny preset
+    CUBLAS_WORKSPACE_CONFIG=:4096:8 python benchmarks/gpu_check.py --sections determinism --out cublas.json
 
 What it measures, on random weights with the real shapes (random:janus-pro-7b, then -1b, bf16):
   speed   the engine with its CUDA graph, the engine eager (JANUS_CUDA_GRAPHS=0), transformers'
@@ -12,8 +13,9 @@ What it measures, on random weights with the real shapes (random:janus-pro-7b, t
   greedy  greedy tokens of the graph, eager and transformers paths: equal, or the share that is
   seeds   the sampling noise equals the CPU's; a request repeats itself; images 0-3 drawn alone
           vs in a batch of 4 and of 16 (bf16 kernels are chosen per batch size)
-  determinism  one greedy image twice by the graph, the graph without previews, and eagerly:
-          which path repeats itself, and from which step it stops
+  determinism  one greedy image's first rows twice by the graph, the graph with the GPU settled
+          after every step, eagerly and eagerly with plain attention: which path repeats itself
+          bitwise, and the first step and layer whose cached keys differ; then whole requests
   chat    prefill and decode tokens/s of an answer about an image, engine vs model.generate
   cards   7B in bf16 and in nf4 on simulated 24, 16 and 12 GB cards (a per-process memory cap):
           the planner's chunks at every slider setting, and its largest single loop and the
@@ -35,16 +37,19 @@ import platform
 import sys
 import time
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 
 import torch
 import transformers
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import bench_generation as bench  # this folder; it puts the repository root on sys.path
 from janus_demo import OutOfMemory, load_engine, quantization, token_loop  # noqa: E402
 from janus_demo.generation import ImageRequest  # noqa: E402
 from janus_demo.sampling import gumbel_noise, hashed_uniforms, image_keys  # noqa: E402
+from janus_demo.token_loop import TokenLoop  # noqa: E402
 from janus_demo.memory import RESERVE_BYTES, SAFETY, is_out_of_memory, plan_chunks, release_memory, request_memory  # noqa: E402
 
 GIB = 2**30
@@ -216,19 +221,70 @@ def compare(a: torch.Tensor, b: torch.Tensor) -> dict:
             "first_differing_step": [None if s else int(d) for s, d in zip(same.tolist(), differ)]}
 
 
+def fingerprint(engine, *, graph: bool, settle: bool, math_attention: bool, steps: int) -> dict:
+    """One greedy image's first `steps` tokens straight from a TokenLoop (no previews), and every
+    layer's cached keys: a bitwise record of all the arithmetic, which can differ long before a
+    token does. `settle` waits for the GPU after every step, so only one stream is ever busy;
+    `math_attention` forces PyTorch's plain attention kernels."""
+    device = engine.device
+    ids, mask = engine.generator.rows(ImageRequest(bench.PROMPT, num_images=1, cfg_scale=5.0), 1)
+    loop = TokenLoop(engine.model, ids, mask, keys=image_keys(bench.SEED, 0, 1).to(device), cfg_scales=[5.0],
+                     temperatures=[0.0], top_k=None, top_p=None, num_tokens=steps, fixed_shapes=True)
+    attention = sdpa_kernel(SDPBackend.MATH) if math_attention else contextlib.nullcontext()
+    with torch.inference_mode(), attention:
+        for _ in loop.steps(use_cuda_graph=graph and device.type == "cuda"):
+            if settle and device.type == "cuda":
+                torch.cuda.synchronize(device)
+        filled = loop.length + steps - 1  # the prompt's slots, then one per decoding step
+        keys = torch.stack([layer.keys[:, :, :filled] for layer in loop.cache.layers]).cpu()
+    keys = keys.contiguous().view(torch.uint8)  # raw bytes: bitwise, and a NaN equals itself
+    result = {"tokens": loop.tokens.cpu(), "keys": keys, "prompt_slots": loop.length, "graphed": loop.graphed}
+    loop.release()
+    return result
+
+
+def first_difference(a: dict, b: dict) -> dict:
+    """Where two fingerprints part: the first token, and the first step and layer whose keys differ
+    bitwise ("prefill" for the prompt's slots; a key at step k comes from step k-1's token)."""
+    tokens = (a["tokens"] != b["tokens"])[0]
+    differs = (a["keys"] != b["keys"]).any(-1).any(2).any(1)  # (layers, rows, heads, slots, bytes) -> (layers, slots)
+    result = {"tokens_equal": not bool(tokens.any()), "first_token_step": int(tokens.int().argmax()) if tokens.any() else None,
+              "keys_equal": not bool(differs.any()), "first_key_step": None, "first_layer": None}
+    if differs.any():
+        slot = int(differs.any(0).int().argmax())
+        result["first_key_step"] = "prefill" if slot < a["prompt_slots"] else slot - a["prompt_slots"] + 1
+        result["first_layer"] = int(differs[:, slot].int().argmax())
+    return result
+
+
+DETERMINISM_STEPS = 96  # four rows of the image: ~3 s eagerly on 7B
+
+
 def determinism(engine, budget: Budget) -> dict:
-    """Which path repeats itself: one greedy image (no noise: any change is in the logits) twice by
-    the graph, by the graph with no preview decodes between steps, and eagerly. The 7B's first GPU
-    run (H200, 2026-11-28) found a sampled request twice not equal and graph vs eager greedy 11%
-    equal; this tells a non-deterministic kernel (eager differs too) from the graph or the previews."""
+    """Which path repeats itself bitwise, and where the arithmetic first parts. The 7B's first GPU
+    run (H200, 2026-11-28) found a sampled request twice not equal and greedy graph vs eager 11%
+    equal. Each variant runs twice; reading the result:
+      eager differs from itself      a non-deterministic kernel (first_layer 0: a plain GEMM;
+                                     eager_math repeating: the attention kernel)
+      graph differs, graph_settled not   kernels chosen by what another stream is doing (cuBLAS
+                                     documents this): settle the GPU before warm-up and capture
+      graph vs eager only            replay and eager use different kernels: rounding, not a bug
+    Rerun with CUBLAS_WORKSPACE_CONFIG=:4096:8 to see whether cuBLAS's multi-stream choice is it.
+    The request rows check the product's path, previews included, on a whole image."""
     if budget.spent():
         return SKIPPED
+    variants = {"graph": {"graph": True, "settle": False, "math_attention": False},
+                "graph_settled": {"graph": True, "settle": True, "math_attention": False},
+                "eager": {"graph": False, "settle": False, "math_attention": False},
+                "eager_math": {"graph": False, "settle": False, "math_attention": True}}
+    runs = {name: [fingerprint(engine, steps=DETERMINISM_STEPS, **options) for _ in range(2)]
+            for name, options in variants.items()}
+    result = {f"{name}_twice": first_difference(*pair) for name, pair in runs.items()}
+    result["graph_vs_eager"] = first_difference(runs["graph"][0], runs["eager"][0])
+    result["graphed"] = [twice["graphed"] for twice in runs["graph"]]
     request = ImageRequest(bench.PROMPT, num_images=1, cfg_scale=5.0, temperature=0, seed=bench.SEED)
-    result = {}
-    for label, implementation, options in (("graph", "engine_graph", {}),
-                                           ("graph_no_previews", "engine_graph", {"preview_budget": 0.0}),
-                                           ("eager", "engine_eager", {})):
-        a, b = (run(engine, implementation, request, **options)["tokens"] for _ in range(2))
+    for label, implementation in (("request_graph_twice", "engine_graph"), ("request_eager_twice", "engine_eager")):
+        a, b = (run(engine, implementation, request)["tokens"] for _ in range(2))
         result[label] = compare(a, b)
     return result
 
@@ -358,11 +414,11 @@ def check(name: str, plan: Plan, budget: Budget, figures: dict, write, big: bool
     section = figures["models"][name] = {
         "load_s": round(time.perf_counter() - started, 1),
         "graphs_on_after_probe": plan.device == "cuda" and not token_loop.graphs_broken()}
-    work = {"speed": lambda: speed(engine, plan, budget), "greedy": lambda: greedy(engine, budget),
-            "seeds": lambda: seeds(engine, budget), "determinism": lambda: determinism(engine, budget),
-            "chat": lambda: chat(engine, plan, budget)}
+    work = {"speed": partial(speed, engine, plan, budget), "greedy": partial(greedy, engine, budget),
+            "seeds": partial(seeds, engine, budget), "determinism": partial(determinism, engine, budget),
+            "chat": partial(chat, engine, plan, budget)}
     if big:
-        work.update(cards_bf16=lambda: cards(engine, plan, budget), nf4=lambda: nf4(engine, plan, budget))
+        work.update(cards_bf16=partial(cards, engine, plan, budget), nf4=partial(nf4, engine, plan, budget))
     for key, measure in work.items():
         if key not in sections:
             continue

@@ -101,11 +101,43 @@ def test_gpu_check_dry_run_runs_without_gradio_or_spaces(artifacts):
     assert tiny["speed"]["engine_graph"]["1"]["graphs_used"] is False  # no CUDA here
     assert tiny["greedy"]["graph_vs_eager"] == {"equal": True, "share_equal": 1.0}
     assert tiny["chat"]["engine"]["decode_tokens_per_s"] > 0
-    one_run = {"images_identical": "1/1", "first_differing_step": [None]}
-    assert tiny["determinism"] == {"graph": one_run, "graph_no_previews": one_run, "eager": one_run}
+    determinism = tiny["determinism"]
+    same = {"tokens_equal": True, "first_token_step": None, "keys_equal": True, "first_key_step": None, "first_layer": None}
+    for pair in ("graph_twice", "graph_settled_twice", "eager_twice", "eager_math_twice", "graph_vs_eager"):
+        assert determinism[pair] == same, pair  # the CPU repeats itself bitwise, plain attention too
+    one_image = {"images_identical": "1/1", "first_differing_step": [None]}
+    assert determinism["request_graph_twice"] == determinism["request_eager_twice"] == one_image
     assert tiny["seeds"]["noise_equal_to_cpu"] and tiny["seeds"]["same_request_twice"]["images_identical"] == "4/4"
     for card in (tiny["cards_bf16"]["12GB"], tiny["nf4"]["cards"]["12GB"]):
         assert card["images_per_loop"]["cfg5"] == 1 and card["plans"]["2@cfg5"] == [1, 1]
         assert card["runs"]["2"] == {**card["runs"]["2"], "finished": True, "chunks": 2}
         assert card["runs"]["1"]["finished"] and card["runs"]["1"]["chunks"] == 1
     assert tiny["nf4"]["speed"]["engine_graph"]["1"]["s_per_image"] > 0
+
+
+def test_gpu_check_finds_the_first_step_and_layer_where_two_runs_part(engine, monkeypatch):
+    """The determinism section's reading of a GPU run rests on this: a key that differs by one bit
+    is found at its step and layer, a prompt slot is called "prefill", and tokens are told apart."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import gpu_check
+
+    run = gpu_check.fingerprint(engine, graph=False, settle=False, math_attention=False, steps=30)
+    assert gpu_check.first_difference(run, run)["keys_equal"]
+    layers, prompt = run["keys"].shape[0], run["prompt_slots"]
+
+    def planted(layer: int, slot: int) -> dict:
+        keys = run["keys"].clone()
+        keys[layer, 0, 0, slot, 0] ^= 1  # one bit of one byte
+        return {**run, "keys": keys}
+
+    step_seven = gpu_check.first_difference(run, planted(layers - 1, prompt + 6))
+    assert step_seven == {"tokens_equal": True, "first_token_step": None, "keys_equal": False,
+                          "first_key_step": 7, "first_layer": layers - 1}
+    earlier = planted(layers - 1, prompt + 6)
+    earlier["keys"][1, 0, 0, prompt + 2, 5] ^= 4
+    assert gpu_check.first_difference(run, earlier)["first_key_step"] == 3
+    assert gpu_check.first_difference(run, earlier)["first_layer"] == 1
+    assert gpu_check.first_difference(run, planted(0, 0))["first_key_step"] == "prefill"
+    other_tokens = {**run, "tokens": run["tokens"].clone()}
+    other_tokens["tokens"][0, 12] += 1
+    assert gpu_check.first_difference(run, other_tokens)["first_token_step"] == 12
