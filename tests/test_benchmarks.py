@@ -73,12 +73,13 @@ def test_cpu_parts_benchmark_times_every_part_per_setting(artifacts):
 
 
 def test_quantize_benchmark_times_every_mode_on_the_same_weights(artifacts):
-    figures = run("bench_quantize.py", "--arch", "tiny", "--repeats", "1", "--prefill", "8",
+    figures = run("bench_quantize.py", "--arch", "tiny", "--repeats", "1", "--prefill", "8", "--steps", "12",
                   artifacts=artifacts, name="bench-quantize-tiny.json")
     rows = {row["quantize"]: row for row in figures["figures"]}
     assert list(rows) == ["none", "int8", "nf4"]
     assert rows["nf4"]["llm_layer_weights_mb"] < rows["int8"]["llm_layer_weights_mb"] < rows["none"]["llm_layer_weights_mb"]
     assert all(row["step_s"] > 0 and row["prefill_s"] > 0 for row in rows.values())
+    assert rows["none"]["tokens_part_at_step"] is None  # the baseline against itself
 
 
 @pytest.mark.timeout(1800)
