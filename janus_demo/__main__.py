@@ -23,7 +23,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="Hub id, local folder, tiny-random or random:<preset>")
     parser.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: CUDA if present)")
     parser.add_argument("--dtype", default=None, help="LLM dtype: bf16, fp16 or fp32 (default: automatic)")
-    parser.add_argument("--quantize", default=None, help="int8 or nf4: the language model in 8 or 4 bits (less memory; faster on a CPU)")
+    parser.add_argument("--quantize", default=None,
+                        help="int8 or nf4: the language model in 8 or 4 bits (less memory; faster on a CPU)")
     parser.add_argument("--seed", type=int, default=None, help="fixed seed for reproducible output")
     parser.add_argument("-q", "--quiet", action="store_true", help="only errors on stderr")
 
