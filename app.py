@@ -34,7 +34,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dtype", default=env("JANUS_DTYPE"), help="LLM dtype: bf16, fp16 or fp32 (default: automatic)")
     parser.add_argument("--quantize", default=env("JANUS_QUANTIZE"),
                         help="int8 or nf4: the language model in 8 or 4 bits (bitsandbytes): "
-                             "7B on a 12 GB GPU, 3-8x faster on a CPU")
+                             "7B on a 12 GB GPU, 2-8x faster on a CPU")
     parser.add_argument("--host", default=env("GRADIO_SERVER_NAME", "127.0.0.1"),
                         help="address to bind (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=int(env("GRADIO_SERVER_PORT", "7860")))

@@ -34,10 +34,11 @@ SEED = 1
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--arch", default="small", choices=list(PRESETS))
+    parser.add_argument("--arch", default="janus-pro-1b", choices=list(PRESETS))
     parser.add_argument("--prefill", type=int, default=128, help="prompt tokens for the prefill timing")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=24, help="decoding steps of the loop (the first 4 are not timed)")
+    parser.add_argument("--num-images", type=int, default=1, help="images in the loop, each with CFG")
     parser.add_argument("--json", type=str, default=None)
     args = parser.parse_args(argv)
     if args.steps < 6:
@@ -46,18 +47,18 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 @torch.inference_mode()
-def loop_step(engine, steps: int) -> tuple[float, torch.Tensor]:
+def loop_step(engine, steps: int, images: int) -> tuple[float, torch.Tensor]:
     """Median seconds per step of the image loop after 4 untimed steps, and the tokens it drew."""
-    ids, mask = engine.generator.rows(ImageRequest(PROMPT, num_images=1), 1)
-    loop = TokenLoop(engine.model, ids, mask, keys=image_keys(SEED, 0, 1), cfg_scales=[5.0], temperatures=[1.0],
-                     top_k=None, top_p=None, num_tokens=steps)
+    ids, mask = engine.generator.rows(ImageRequest(PROMPT, num_images=images), images)
+    loop = TokenLoop(engine.model, ids, mask, keys=image_keys(SEED, 0, images), cfg_scales=[5.0] * images,
+                     temperatures=[1.0] * images, top_k=None, top_p=None, num_tokens=steps)
     times = []
     started = time.perf_counter()
     for _ in loop.steps(use_cuda_graph=False):
         now = time.perf_counter()
         times.append(now - started)
         started = now
-    return statistics.median(times[5:]), loop.tokens[0]
+    return statistics.median(times[5:]), loop.tokens
 
 
 def main(argv=None) -> int:
@@ -66,19 +67,19 @@ def main(argv=None) -> int:
     rows, tokens = [], []
     for mode in MODES:
         engine = load_engine(f"random:{args.arch}", device="cpu", quantize=mode)
-        step, drawn = loop_step(engine, args.steps)
+        step, drawn = loop_step(engine, args.steps, args.num_images)
         parts = parts_bench.Parts(engine.model, args.prefill)
         with torch.inference_mode():
             prefill = parts_bench.seconds(parts.prefill, args.repeats)
         language = engine.model.model.language_model
         weights = sum(p.numel() * p.element_size() for p in language.layers.parameters())
         tokens.append(drawn)
-        parted = (drawn != tokens[0]).nonzero()
+        parted = (drawn != tokens[0]).any(0).nonzero()  # the first step where any image differs
         rows.append({"quantize": mode or "none", "llm_layer_weights_mb": round(weights / 2**20, 1),
                      "step_s": round(step, 4), "prefill_s": round(prefill, 4),
                      "tokens_part_at_step": int(parted[0]) if len(parted) else None})
-        print(f"{mode or 'none':6} layers {rows[-1]['llm_layer_weights_mb']:8.1f} MB   image loop step (1 image, CFG) "
-              f"{step:7.3f} s   prefill {args.prefill} tokens {prefill:7.3f} s   tokens part from unquantized at "
+        print(f"{mode or 'none':6} layers {rows[-1]['llm_layer_weights_mb']:8.1f} MB   image loop step "
+              f"({args.num_images} images, CFG) {step:7.3f} s   prefill {args.prefill} tokens {prefill:7.3f} s   tokens part from unquantized at "
               f"step {rows[-1]['tokens_part_at_step']}", flush=True)
         del engine, parts
     base = rows[0]
@@ -87,7 +88,8 @@ def main(argv=None) -> int:
               f"{row['prefill_s'] / base['prefill_s']:.2f}x the unquantized time")
     if args.json:
         with open(args.json, "w") as out:
-            json.dump({"arch": args.arch, "torch": torch.__version__, "threads": torch.get_num_threads(),
+            json.dump({"arch": args.arch, "num_images": args.num_images, "torch": torch.__version__,
+                       "threads": torch.get_num_threads(),
                        "figures": rows}, out, indent=2)
     return 0
 

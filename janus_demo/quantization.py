@@ -5,7 +5,7 @@ cards; in nf4 its weights take ~6 GB. Only the language model's linear layers (9
 7B weights) are quantized, with the settings of transformers' `BitsAndBytesConfig`; the
 layers are swapped one by one and quantized as they move to the device, so a checkpoint
 never needs its full bf16 size on the GPU and in-memory random presets work the same way.
-On a CPU, where a decoding step is bound by reading the weights, it is also 3-8x faster for
+On a CPU, where a decoding step is bound by reading the weights, it is also 2-8x faster for
 Janus-Pro-1B's shapes (README, Performance), at the cost of the rounding.
 """
 

@@ -102,7 +102,7 @@ def test_quantized_loading_is_logged(caplog):
 
 
 def test_an_unquantized_cpu_load_points_to_quantization(caplog):
-    """bench_quantize.py: on a CPU int8 and nf4 decode 3-8x faster, so a CPU user is told at start-up."""
+    """bench_quantize.py: on a CPU int8 and nf4 decode 2-8x faster, so a CPU user is told at start-up."""
     with caplog.at_level(logging.INFO, logger="janus_demo"):
         load_engine("tiny-random", device="cpu")
     assert "On a CPU, --quantize nf4 or int8 makes each step several times faster" in caplog.text
