@@ -228,10 +228,10 @@ def fingerprint(engine, *, graph: bool, settle: bool, math_attention: bool, step
     `math_attention` forces PyTorch's plain attention kernels."""
     device = engine.device
     ids, mask = engine.generator.rows(ImageRequest(bench.PROMPT, num_images=1, cfg_scale=5.0), 1)
-    loop = TokenLoop(engine.model, ids, mask, keys=image_keys(bench.SEED, 0, 1).to(device), cfg_scales=[5.0],
-                     temperatures=[0.0], top_k=None, top_p=None, num_tokens=steps, fixed_shapes=True)
     attention = sdpa_kernel(SDPBackend.MATH) if math_attention else contextlib.nullcontext()
-    with torch.inference_mode(), attention:
+    with torch.inference_mode(), attention:  # as the product's loop runs (decode_slices)
+        loop = TokenLoop(engine.model, ids, mask, keys=image_keys(bench.SEED, 0, 1).to(device), cfg_scales=[5.0],
+                         temperatures=[0.0], top_k=None, top_p=None, num_tokens=steps, fixed_shapes=True)
         for _ in loop.steps(use_cuda_graph=graph and device.type == "cuda"):
             if settle and device.type == "cuda":
                 torch.cuda.synchronize(device)
