@@ -22,10 +22,8 @@ import transformers
 
 import bench_cpu_parts as parts_bench  # this folder; it puts the repository root on sys.path
 from janus_demo import load_engine  # noqa: E402
-from janus_demo.generation import ImageRequest  # noqa: E402
+from janus_demo.generation import ImageRequest, Slice  # noqa: E402
 from janus_demo.presets import PRESETS  # noqa: E402
-from janus_demo.sampling import image_keys  # noqa: E402
-from janus_demo.token_loop import TokenLoop  # noqa: E402
 
 MODES = (None, "int8", "nf4")
 PROMPT = "a red fox in the snow, watercolor"
@@ -49,9 +47,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 @torch.inference_mode()
 def loop_step(engine, steps: int, images: int) -> tuple[float, torch.Tensor]:
     """Median seconds per step of the image loop after 4 untimed steps, and the tokens it drew."""
-    ids, mask = engine.generator.rows(ImageRequest(PROMPT, num_images=images), images)
-    loop = TokenLoop(engine.model, ids, mask, keys=image_keys(SEED, 0, images), cfg_scales=[5.0] * images,
-                     temperatures=[1.0] * images, top_k=None, top_p=None, num_tokens=steps)
+    request = ImageRequest(PROMPT, num_images=images, cfg_scale=5.0, temperature=1.0)
+    loop = engine.generator.token_loop([Slice(request, SEED, first=0, count=images)], num_tokens=steps)
     times = []
     started = time.perf_counter()
     for _ in loop.steps(use_cuda_graph=False):

@@ -47,9 +47,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import bench_generation as bench  # this folder; it puts the repository root on sys.path
 from janus_demo import OutOfMemory, load_engine, quantization, token_loop  # noqa: E402
-from janus_demo.generation import ImageRequest  # noqa: E402
+from janus_demo.generation import ImageRequest, Slice  # noqa: E402
 from janus_demo.sampling import gumbel_noise, hashed_uniforms, image_keys  # noqa: E402
-from janus_demo.token_loop import TokenLoop  # noqa: E402
 from janus_demo.memory import RESERVE_BYTES, SAFETY, is_out_of_memory, plan_chunks, release_memory, request_memory  # noqa: E402
 
 GIB = 2**30
@@ -227,11 +226,11 @@ def fingerprint(engine, *, graph: bool, settle: bool, math_attention: bool, step
     token does. `settle` waits for the GPU after every step, so only one stream is ever busy;
     `math_attention` forces PyTorch's plain attention kernels."""
     device = engine.device
-    ids, mask = engine.generator.rows(ImageRequest(bench.PROMPT, num_images=1, cfg_scale=5.0), 1)
+    request = ImageRequest(bench.PROMPT, num_images=1, cfg_scale=5.0, temperature=0)
     attention = sdpa_kernel(SDPBackend.MATH) if math_attention else contextlib.nullcontext()
     with torch.inference_mode(), attention:  # as the product's loop runs (decode_slices)
-        loop = TokenLoop(engine.model, ids, mask, keys=image_keys(bench.SEED, 0, 1).to(device), cfg_scales=[5.0],
-                         temperatures=[0.0], top_k=None, top_p=None, num_tokens=steps, fixed_shapes=True)
+        loop = engine.generator.token_loop([Slice(request, bench.SEED, first=0, count=1)], num_tokens=steps,
+                                           fixed_shapes=True)
         for _ in loop.steps(use_cuda_graph=graph and device.type == "cuda"):
             if settle and device.type == "cuda":
                 torch.cuda.synchronize(device)

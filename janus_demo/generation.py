@@ -217,11 +217,10 @@ class ImageGenerator:
             logger.info("CUDA graphs: off (%s)", "JANUS_CUDA_GRAPHS=0 or an earlier failure"
                         if self.device.type == "cuda" else "not a CUDA device")
             return False
-        ids, mask = self.rows(ImageRequest("a probe", num_images=1), 1)
+        probe = [Slice(ImageRequest("a probe", num_images=1, cfg_scale=5.0, temperature=0), seed=0, first=0, count=1)]
 
         def run(use_cuda_graph: bool) -> tuple[torch.Tensor, bool]:
-            loop = TokenLoop(self.model, ids, mask, keys=image_keys(0, 0, 1).to(self.device), cfg_scales=[5.0],
-                             temperatures=[0.0], top_k=None, top_p=None, num_tokens=steps, fixed_shapes=True)
+            loop = self.token_loop(probe, num_tokens=steps, fixed_shapes=True)
             for _ in loop.steps(use_cuda_graph=use_cuda_graph):
                 pass
             loop.release()
@@ -334,18 +333,26 @@ class ImageGenerator:
                 return count
         return 1
 
+    def token_loop(self, slices: list[Slice], *, num_tokens: int | None = None,
+                   fixed_shapes: bool | None = None) -> TokenLoop:
+        """The decoding state for all `slices` in one loop (the same top-k / top-p; CFG scale and
+        temperature per image). Benchmarks and the start-up probe build theirs here too, so they
+        time and check the loop that requests run."""
+        ids, mask = self.slice_rows(slices)
+        keys = torch.cat([image_keys(part.seed, part.first, part.count) for part in slices])
+        request = slices[0].request
+        return TokenLoop(self.model, ids, mask, keys=keys.to(self.device),
+                         cfg_scales=[scale for part in slices for scale in part.cfg_scales],
+                         temperatures=[t for part in slices for t in part.temperatures],
+                         top_k=request.top_k, top_p=request.top_p, num_tokens=num_tokens or self.num_tokens,
+                         fixed_shapes=fixed_shapes)
+
     @torch.inference_mode()
     def decode_slices(self, slices: list[Slice], *, is_cancelled, budget: PreviewBudget) -> Iterator[tuple]:
         """One decoding loop for all `slices` (the same top-k / top-p; CFG scale and temperature
         per image). Yields (steps done, per-slice previews or None) and, when all 576 steps are
         done, sets each slice's `tokens`."""
-        ids, mask = self.slice_rows(slices)
-        keys = torch.cat([image_keys(part.seed, part.first, part.count) for part in slices])
-        request = slices[0].request
-        loop = TokenLoop(self.model, ids, mask, keys=keys.to(self.device),
-                         cfg_scales=[scale for part in slices for scale in part.cfg_scales],
-                         temperatures=[t for part in slices for t in part.temperatures],
-                         top_k=request.top_k, top_p=request.top_p, num_tokens=self.num_tokens)
+        loop = self.token_loop(slices)
         counts = [part.count for part in slices]
         steps = loop.steps(use_cuda_graph=cuda_graphs_wanted(self.device))
         done = 0
